@@ -1,0 +1,416 @@
+"""What vidgen's video pipelines share: components, input checks, prompt encoding, latent packing,
+guided velocity prediction and LTX-style decoding.
+
+The pipelines run vidgen's own ``VidGenTransformer3DModel`` or diffusers' ``LTXVideoTransformer3DModel``
+(real LTX-Video checkpoints) with diffusers' ``AutoencoderKLLTXVideo`` and any transformers text encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKLLTXVideo,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    LTXVideoTransformer3DModel,
+)
+from diffusers.loaders import LTXVideoLoraLoaderMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..models import VidGenTransformer3DModel
+from ..schedulers import VidGenFlowMatchScheduler
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# LTX-Video's official decode settings for timestep-conditioned VAEs (0.9.1+ configs).
+DEFAULT_DECODE_TIMESTEP = 0.05
+DEFAULT_DECODE_NOISE_SCALE = 0.025
+# Used when the transformer does not record the size it was trained at (LTX-Video's defaults).
+FALLBACK_VIDEO_SIZE = (161, 512, 704)
+
+
+@dataclass
+class VidGenPipelineOutput(BaseOutput):
+    """``frames``: list (batch) of lists of PIL images, ``(B, F, H, W, 3)`` array, ``(B, F, 3, H, W)``
+    tensor, or packed latents ``(B, N, C)``, by ``output_type``."""
+
+    frames: list | np.ndarray | torch.Tensor
+
+
+def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float):
+    """Guidance rescale (Lin et al. 2023, sec. 3.4): match the guided prediction's std to the text one."""
+    std_text = noise_pred_text.std(dim=list(range(1, noise_pred_text.ndim)), keepdim=True)
+    std_cfg = noise_cfg.std(dim=list(range(1, noise_cfg.ndim)), keepdim=True)
+    rescaled = noise_cfg * (std_text / std_cfg)
+    return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
+
+
+class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKLLTXVideo,
+        text_encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        transformer: VidGenTransformer3DModel | LTXVideoTransformer3DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ):
+        super().__init__()
+        if type(scheduler) is FlowMatchEulerDiscreteScheduler:
+            # Same schedule, plus the token-count shift and per-token steps the pipelines rely on.
+            scheduler = VidGenFlowMatchScheduler.from_config(scheduler.config)
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_spatial_compression_ratio)
+
+    # ----------------------------------------------------------------------------------------------
+    # Sizes derived from the components.
+    @property
+    def vae_spatial_compression_ratio(self) -> int:
+        return self.vae.spatial_compression_ratio
+
+    @property
+    def vae_temporal_compression_ratio(self) -> int:
+        return self.vae.temporal_compression_ratio
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        """Transformer packing ``(patch_size_t, patch_size)``."""
+        return self.transformer.config.patch_size_t, self.transformer.config.patch_size
+
+    @property
+    def default_video_size(self) -> tuple[int, int, int]:
+        """``(num_frames, height, width)`` in pixels: the size the transformer was trained at."""
+        sample_size = getattr(self.transformer.config, "sample_size", None)
+        if sample_size is None:
+            return FALLBACK_VIDEO_SIZE
+        f, h, w = sample_size
+        return (
+            (f - 1) * self.vae_temporal_compression_ratio + 1,
+            h * self.vae_spatial_compression_ratio,
+            w * self.vae_spatial_compression_ratio,
+        )
+
+    def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """Latent ``(F, H, W)`` of a pixel video (the VAE encodes the first frame alone)."""
+        return (
+            (num_frames - 1) // self.vae_temporal_compression_ratio + 1,
+            height // self.vae_spatial_compression_ratio,
+            width // self.vae_spatial_compression_ratio,
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # Input checks: every rule names the argument; nothing is rounded silently.
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        num_frames,
+        frame_rate,
+        num_inference_steps,
+        guidance_scale,
+        guidance_rescale,
+        prompt_embeds,
+        prompt_attention_mask,
+        negative_prompt_embeds,
+        negative_prompt_attention_mask,
+        latents,
+        generator,
+        num_videos_per_prompt,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ) -> int:
+        """Validate the common arguments; return the prompt batch size."""
+        p_t, p = self.patch_size
+        s, t = self.vae_spatial_compression_ratio * p, self.vae_temporal_compression_ratio
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < s or value % s:
+                hint = f", try {max(s, round(value / s) * s)}" if isinstance(value, int | float) else ""
+                raise ValueError(
+                    f"{name} must be a positive multiple of {s} (VAE spatial compression x patch size); got {value}{hint}"
+                )
+        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % t:
+            hint = (
+                f", try {max(1, round((num_frames - 1) / t)) * t + 1}" if isinstance(num_frames, int) else ""
+            )
+            raise ValueError(
+                f"num_frames must be of the form k*{t} + 1 (num_frames - 1 divisible by the VAE temporal "
+                f"compression {t}); got {num_frames}{hint}"
+            )
+        if ((num_frames - 1) // t + 1) % p_t:
+            raise ValueError(
+                f"the number of latent frames must be a multiple of patch_size_t={p_t}; got num_frames={num_frames}"
+            )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1; got {num_inference_steps}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0; got {guidance_scale}")
+        if not 0 <= guidance_rescale <= 1:
+            raise ValueError(f"guidance_rescale must be in [0, 1]; got {guidance_rescale}")
+        if frame_rate <= 0:
+            raise ValueError(f"frame_rate must be > 0; got {frame_rate}")
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be an integer >= 1; got {num_videos_per_prompt}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}; got {output_type!r}")
+        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}; got {sorted(unknown)}"
+            )
+
+        # Prompt: exactly one of `prompt` and `prompt_embeds`.
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError(
+                "pass exactly one of `prompt` and `prompt_embeds`; got "
+                + ("both" if prompt is not None else "neither")
+            )
+        if prompt is not None:
+            if not isinstance(prompt, str) and not (
+                isinstance(prompt, list) and prompt and all(isinstance(x, str) for x in prompt)
+            ):
+                raise ValueError(
+                    f"prompt must be a string or a non-empty list of strings; got {type(prompt).__name__}"
+                )
+            if self.text_encoder is None or self.tokenizer is None:
+                raise ValueError(
+                    "prompt needs a text_encoder and tokenizer; this pipeline has none, pass prompt_embeds"
+                )
+            batch_size = 1 if isinstance(prompt, str) else len(prompt)
+        else:
+            if prompt_embeds.ndim != 3:
+                raise ValueError(f"prompt_embeds must be (B, T, C); got shape {tuple(prompt_embeds.shape)}")
+            if prompt_attention_mask is None or prompt_attention_mask.shape != prompt_embeds.shape[:2]:
+                raise ValueError(
+                    f"prompt_attention_mask must be given with prompt_embeds, shaped {tuple(prompt_embeds.shape[:2])}"
+                )
+            batch_size = prompt_embeds.shape[0]
+        if isinstance(negative_prompt, list) and len(negative_prompt) != batch_size:
+            raise ValueError(
+                f"negative_prompt has {len(negative_prompt)} entries but the prompt batch size is {batch_size}"
+            )
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass at most one of `negative_prompt` and `negative_prompt_embeds`; got both")
+        if negative_prompt_embeds is not None:
+            if prompt_embeds is None or negative_prompt_embeds.shape != prompt_embeds.shape:
+                raise ValueError(
+                    "negative_prompt_embeds must come with prompt_embeds of the same shape; got "
+                    f"{tuple(negative_prompt_embeds.shape)} vs "
+                    f"{None if prompt_embeds is None else tuple(prompt_embeds.shape)}"
+                )
+            if (
+                negative_prompt_attention_mask is None
+                or negative_prompt_attention_mask.shape != negative_prompt_embeds.shape[:2]
+            ):
+                raise ValueError(
+                    "negative_prompt_attention_mask must be given with negative_prompt_embeds, same (B, T)"
+                )
+
+        total = batch_size * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != total:
+            raise ValueError(f"generator list has {len(generator)} entries but the batch is {total} videos")
+        if latents is not None:
+            F, H, W = self.latent_grid(num_frames, height, width)
+            n = (F // p_t) * (H // p) * (W // p)
+            c = self.transformer.config.in_channels
+            if latents.shape != (total, n, c):
+                raise ValueError(
+                    f"latents must be packed (B, N, C) = {(total, n, c)} for this size and batch; got {tuple(latents.shape)}"
+                )
+        return batch_size
+
+    # ----------------------------------------------------------------------------------------------
+    def _text_embeddings(self, prompt: list[str], max_sequence_length: int, device, dtype):
+        """T5-style encoding, as diffusers' LTX pipelines do it (padded to ``max_sequence_length``)."""
+        inputs = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        embeds = self.text_encoder(inputs.input_ids.to(device))[0]  # (B, T, C)
+        return embeds.to(device=device, dtype=dtype), inputs.attention_mask.bool().to(device)
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int = 128,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        """Return ``(embeds, mask, negative_embeds, negative_mask)``, each repeated ``num_videos_per_prompt``
+        times (negatives are ``None`` without guidance)."""
+        device = device or self._execution_device
+        dtype = dtype or (self.text_encoder.dtype if self.text_encoder is not None else prompt_embeds.dtype)
+        if prompt_embeds is None:
+            prompt = [prompt] if isinstance(prompt, str) else prompt
+            prompt_embeds, prompt_attention_mask = self._text_embeddings(
+                prompt, max_sequence_length, device, dtype
+            )
+        batch_size = prompt_embeds.shape[0]
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt = negative_prompt or ""
+            negative_prompt = (
+                [negative_prompt] * batch_size if isinstance(negative_prompt, str) else negative_prompt
+            )
+            negative_prompt_embeds, negative_prompt_attention_mask = self._text_embeddings(
+                negative_prompt, prompt_embeds.shape[1], device, dtype
+            )
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_attention_mask = None
+
+        def repeat(x):
+            return None if x is None else x.to(device).repeat_interleave(num_videos_per_prompt, dim=0)
+
+        return (
+            repeat(prompt_embeds).to(dtype),
+            repeat(prompt_attention_mask),
+            None if negative_prompt_embeds is None else repeat(negative_prompt_embeds).to(dtype),
+            repeat(negative_prompt_attention_mask),
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # Latents: (B, C, F, H, W) <-> packed tokens (B, N, C * p_t * p * p), N in (frame, row, column) order.
+    def pack_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        p_t, p = self.patch_size
+        B, C, F, H, W = latents.shape
+        x = latents.reshape(B, C, F // p_t, p_t, H // p, p, W // p, p)
+        return x.permute(0, 2, 4, 6, 1, 3, 5, 7).flatten(4, 7).flatten(1, 3)
+
+    def unpack_latents(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        p_t, p = self.patch_size
+        F, H, W = grid
+        B = tokens.shape[0]
+        x = tokens.reshape(B, F // p_t, H // p, W // p, -1, p_t, p, p)
+        return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(B, -1, F, H, W)
+
+    def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean = self.vae.latents_mean.view(1, -1, 1, 1, 1).to(latents)
+        std = self.vae.latents_std.view(1, -1, 1, 1, 1).to(latents)
+        return (latents - mean) * self.vae.config.scaling_factor / std
+
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean = self.vae.latents_mean.view(1, -1, 1, 1, 1).to(latents)
+        std = self.vae.latents_std.view(1, -1, 1, 1, 1).to(latents)
+        return latents * std / self.vae.config.scaling_factor + mean
+
+    def prepare_noise(self, batch_size: int, grid, generator, device) -> torch.Tensor:
+        """Unit Gaussian latents ``(B, C, F, H, W)`` in fp32 (drawn before packing, so a seed gives
+        the same video whatever the transformer's patch size)."""
+        C = self.transformer.config.in_channels // (self.patch_size[0] * self.patch_size[1] ** 2)
+        return randn_tensor((batch_size, C, *grid), generator=generator, device=device, dtype=torch.float32)
+
+    # ----------------------------------------------------------------------------------------------
+    def predict_velocity(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        prompt_attention_mask: torch.Tensor,
+        grid: tuple[int, int, int],
+        frame_rate: float,
+        guidance_scale: float,
+        guidance_rescale: float = 0.0,
+        attention_kwargs: dict | None = None,
+    ) -> torch.Tensor:
+        """Guided velocity for packed ``latents`` ``(B, N, C)`` at ``timestep`` ``(B,)`` or ``(B, N)``.
+
+        With guidance, ``prompt_embeds`` holds ``[negative; positive]`` (``2B`` rows) and the two
+        predictions are combined as ``v_u + g * (v_c - v_u)``.
+        """
+        do_cfg = prompt_embeds.shape[0] == 2 * latents.shape[0]
+        model_input = torch.cat([latents, latents]) if do_cfg else latents
+        timestep = torch.cat([timestep, timestep]) if do_cfg else timestep
+        extra = {}
+        if isinstance(self.transformer, LTXVideoTransformer3DModel):
+            # LTX-Video's RoPE works in pixel units: (temporal stride / fps, spatial stride, spatial stride).
+            s, t = self.vae_spatial_compression_ratio, self.vae_temporal_compression_ratio
+            extra["rope_interpolation_scale"] = (t / frame_rate, s, s)
+        F, H, W = grid
+        v = self.transformer(
+            hidden_states=model_input.to(prompt_embeds.dtype),
+            encoder_hidden_states=prompt_embeds,
+            timestep=timestep,
+            encoder_attention_mask=prompt_attention_mask,
+            num_frames=F,
+            height=H,
+            width=W,
+            attention_kwargs=attention_kwargs,
+            return_dict=False,
+            **extra,
+        )[0].float()
+        if do_cfg:
+            v_uncond, v_text = v.chunk(2)
+            v = v_uncond + guidance_scale * (v_text - v_uncond)
+            if guidance_rescale > 0:
+                v = rescale_noise_cfg(v, v_text, guidance_rescale)
+        return v
+
+    def decode_latents(
+        self,
+        latents: torch.Tensor,
+        grid: tuple[int, int, int],
+        decode_timestep: float | None,
+        decode_noise_scale: float | None,
+        generator,
+        output_type: str,
+        dtype: torch.dtype,
+    ):
+        """Packed latents -> video. A timestep-conditioned VAE decoder does the last denoising step:
+        re-noise with ``decode_noise_scale`` and decode at ``decode_timestep`` (LTX's recipe)."""
+        if output_type == "latent":
+            return latents
+        latents = self.denormalize_latents(self.unpack_latents(latents, grid)).to(dtype)
+        timestep = None
+        if self.vae.config.timestep_conditioning:
+            decode_timestep = DEFAULT_DECODE_TIMESTEP if decode_timestep is None else decode_timestep
+            decode_noise_scale = (
+                DEFAULT_DECODE_NOISE_SCALE if decode_noise_scale is None else decode_noise_scale
+            )
+            noise = randn_tensor(
+                latents.shape, generator=generator, device=latents.device, dtype=latents.dtype
+            )
+            latents = (1 - decode_noise_scale) * latents + decode_noise_scale * noise
+            timestep = torch.full(
+                (latents.shape[0],), decode_timestep, device=latents.device, dtype=latents.dtype
+            )
+        video = self.vae.decode(latents.to(self.vae.dtype), timestep, return_dict=False)[0]  # (B, 3, F, H, W)
+        return self.video_processor.postprocess_video(video, output_type=output_type)
+
+    def run_callback(self, callback, step: int, t, tensor_names, local_vars: dict) -> dict:
+        """diffusers' ``callback_on_step_end`` protocol: the callback may replace the named tensors."""
+        if callback is None:
+            return {}
+        return callback(self, step, t, {name: local_vars[name] for name in tensor_names}) or {}
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` from a step callback to stop after the current step."""
+        return self._interrupt

@@ -1,0 +1,138 @@
+"""Text-to-video: rectified-flow sampling of a video DiT in a causal video VAE's latent space."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .common import VidGenPipelineBase, VidGenPipelineOutput
+
+
+class VidGenPipeline(VidGenPipelineBase):
+    r"""Text-to-video generation.
+
+    Components: ``vae`` (``AutoencoderKLLTXVideo``), ``text_encoder`` (a transformers encoder, T5 family),
+    ``tokenizer``, ``transformer`` (``VidGenTransformer3DModel`` or diffusers' ``LTXVideoTransformer3DModel``),
+    ``scheduler`` (``VidGenFlowMatchScheduler``; a plain ``FlowMatchEulerDiscreteScheduler`` config is
+    converted). A folder saved by diffusers' ``LTXPipeline`` loads as is.
+
+    Example::
+
+        pipe = VidGenPipeline.from_pretrained(path)
+        video = pipe("a red circle moves right", generator=torch.Generator().manual_seed(0)).frames[0]
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        frame_rate: float = 25,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 3.0,
+        guidance_rescale: float = 0.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        decode_timestep: float | None = None,
+        decode_noise_scale: float | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: dict | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        max_sequence_length: int | None = None,
+    ) -> VidGenPipelineOutput | tuple:
+        r"""Generate videos from text.
+
+        Args:
+            prompt: text(s) to generate from; or pass ``prompt_embeds`` + ``prompt_attention_mask``.
+            negative_prompt: text(s) guided away from (default: empty string).
+            height, width: pixels, multiples of the VAE's spatial compression (defaults: the model's size).
+            num_frames: ``k * temporal_compression + 1`` frames (default: the model's length).
+            frame_rate: frames per second (LTX-Video transformers condition their positions on it).
+            num_inference_steps: Euler steps.
+            guidance_scale: classifier-free guidance weight; ``<= 1`` disables guidance.
+            guidance_rescale: rescale of the guided prediction's std, in [0, 1].
+            num_videos_per_prompt: videos per prompt.
+            generator: seed(s); the same seed gives the same video.
+            latents: packed initial noise ``(B, N, C)`` instead of drawing it.
+            decode_timestep, decode_noise_scale: timestep-conditioned VAE decoding (defaults 0.05 / 0.025).
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            attention_kwargs: passed to the transformer (``{"scale": s}`` scales LoRA layers).
+            callback_on_step_end: ``fn(pipe, step, t, tensors) -> dict`` after every step.
+            max_sequence_length: text tokens (default ``min(128, tokenizer.model_max_length)``).
+
+        Returns:
+            ``VidGenPipelineOutput`` with ``.frames`` (or a tuple when ``return_dict=False``).
+        """
+        # 1. Check inputs and fill defaults from the model.
+        default_frames, default_height, default_width = self.default_video_size
+        num_frames, height, width = (
+            num_frames or default_frames,
+            height or default_height,
+            width or default_width,
+        )
+        batch_size = self.check_inputs(
+            prompt, negative_prompt, height, width, num_frames, frame_rate, num_inference_steps, guidance_scale,
+            guidance_rescale, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+            negative_prompt_attention_mask, latents, generator, num_videos_per_prompt, output_type,
+            callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+        self._interrupt = False
+
+        # 2. Encode the prompt; with guidance, batch [negative; positive].
+        prompt_embeds, prompt_mask, negative_embeds, negative_mask = self.encode_prompt(
+            prompt, negative_prompt, do_cfg, num_videos_per_prompt, prompt_embeds, prompt_attention_mask,
+            negative_prompt_embeds, negative_prompt_attention_mask,
+            max_sequence_length or min(128, getattr(self.tokenizer, "model_max_length", 128)), device,
+        )  # fmt: skip
+        if do_cfg:
+            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+            prompt_mask = torch.cat([negative_mask, prompt_mask])
+
+        # 3. Initial noise, packed into tokens.
+        grid = self.latent_grid(num_frames, height, width)  # (F, H, W) latent
+        total = batch_size * num_videos_per_prompt
+        if latents is None:
+            latents = self.pack_latents(self.prepare_noise(total, grid, generator, device))  # (B, N, C)
+        latents = latents.to(device=device, dtype=torch.float32)
+
+        # 4. Timesteps, shifted by the token count.
+        self.scheduler.set_timesteps(num_inference_steps, device=device, num_tokens=latents.shape[1])
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 5. Denoising loop: Euler steps along the predicted velocity.
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self._interrupt:
+                    break
+                v = self.predict_velocity(
+                    latents, t.expand(total), prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale,
+                    guidance_rescale, attention_kwargs,
+                )  # fmt: skip
+                latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+                outputs = self.run_callback(
+                    callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, locals()
+                )
+                latents = outputs.pop("latents", latents)
+                prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
+                progress_bar.update()
+
+        # 6. Decode (the VAE decoder may do the last denoising step).
+        video = self.decode_latents(
+            latents, grid, decode_timestep, decode_noise_scale, generator, output_type, prompt_embeds.dtype
+        )
+        self.maybe_free_model_hooks()
+        return VidGenPipelineOutput(frames=video) if return_dict else (video,)

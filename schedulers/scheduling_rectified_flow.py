@@ -1,0 +1,97 @@
+"""Rectified-flow Euler scheduler with LTX-Video's token-count shift and per-token timesteps.
+
+diffusers' ``FlowMatchEulerDiscreteScheduler`` already does the Euler update, dynamic (exponential)
+shifting from a ``mu`` and the stretch of the shifted schedule to a terminal sigma. This subclass adds
+only what it lacks:
+
+- ``set_timesteps(..., num_tokens=N)`` computes ``mu`` from the number of latent tokens, linearly
+  between ``(base_image_seq_len, base_shift)`` and ``(max_image_seq_len, max_shift)`` as LTX-Video
+  does, and defaults to LTX's base grid ``linspace(1, 1/S, S)``;
+- ``step(..., per_token_timesteps=t)`` moves every token from its own sigma to the next scheduled
+  sigma below it, with the same sign convention as the scalar step (``x + (sigma_next - sigma) * v``),
+  so tokens at ``t = 0`` (given frames) stay exactly as they are.
+
+Forward process ``x_t = (1 - sigma) * x_0 + sigma * noise``; the model predicts ``v = noise - x_0``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
+
+# LTX-Video's sampling configuration (diffusers' LTX scheduler config).
+LTX_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    shift=1.0,
+    use_dynamic_shifting=True,
+    base_shift=0.95,
+    max_shift=2.05,
+    base_image_seq_len=1024,
+    max_image_seq_len=4096,
+    shift_terminal=0.1,
+)
+
+
+class VidGenFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
+    """``FlowMatchEulerDiscreteScheduler`` plus the token-count shift and per-token steps (see module doc).
+
+    Build the LTX-Video configuration with ``VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG)``; any
+    ``FlowMatchEulerDiscreteScheduler`` config loads with ``from_config``.
+    """
+
+    def shift_for_tokens(self, num_tokens: int) -> float:
+        """LTX's ``mu``: linear in the token count through the two configured anchor points."""
+        cfg = self.config
+        slope = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
+        return cfg.base_shift + slope * (num_tokens - cfg.base_image_seq_len)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: list[float] | None = None,
+        mu: float | None = None,
+        timesteps: list[float] | None = None,
+        num_tokens: int | None = None,
+    ):
+        """As diffusers' ``set_timesteps``; ``num_tokens`` gives ``mu`` when dynamic shifting is on."""
+        if sigmas is None and timesteps is None:
+            if num_inference_steps is None or num_inference_steps < 1:
+                raise ValueError(f"num_inference_steps must be >= 1; got {num_inference_steps}")
+            sigmas = np.linspace(1.0, 1.0 / num_inference_steps, num_inference_steps)
+        if mu is None and self.config.use_dynamic_shifting:
+            if num_tokens is None:
+                raise ValueError("num_tokens (or mu) is required when use_dynamic_shifting is enabled")
+            mu = self.shift_for_tokens(num_tokens)
+        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        per_token_timesteps: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
+        """One Euler step. With ``per_token_timesteps`` ``(B, N)`` (``sample``: ``(B, N, C)``), each token
+        goes from ``sigma_i = t_i / num_train_timesteps`` to the largest scheduled sigma below it (0 past
+        the end); a token at ``t = 0`` is returned unchanged."""
+        if per_token_timesteps is None:
+            return super().step(
+                model_output, timestep, sample, generator=generator, return_dict=return_dict, **kwargs
+            )
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        sigma = per_token_timesteps.to(torch.float32) / self.config.num_train_timesteps  # (B, N)
+        schedule = self.sigmas.to(sigma.device)[:, None, None]  # (S+1, 1, 1), descending, ends at 0
+        sigma_next = torch.where(schedule < sigma[None] - 1e-6, schedule, 0.0).amax(dim=0)  # (B, N)
+        prev = sample.to(torch.float32) + (sigma_next - sigma)[..., None] * model_output.to(torch.float32)
+        prev = prev.to(model_output.dtype)
+        self._step_index += 1
+        if not return_dict:
+            return (prev,)
+        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev)

@@ -1,0 +1,70 @@
+"""Tiny random components built in code, for tests and smoke runs (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+from .models import VidGenTransformer3DModel, make_vae
+from .schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
+
+WORDS = (
+    "a an and the red green blue yellow magenta cyan white circle square triangle moves left right up down "
+    "stays still cat dog runs jumps over on in of with is"
+).split()
+
+
+def word_tokenizer(words=WORDS, max_length: int = 16) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer (``tokenizers`` library) that appends ``</s>``, like T5's."""
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=max_length,
+    )
+
+
+def tiny_t5(vocab_size: int, d_model: int = 16, seed: int = 0) -> T5EncoderModel:
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return T5EncoderModel(config).eval()
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
+    """Fill every parameter with Gaussian noise, so zero-initialised layers do not hide bugs in tests."""
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.copy_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def tiny_transformer(layout: str = "full", in_channels: int = 8, text_dim: int = 16, seed: int = 0, **kw):
+    model = VidGenTransformer3DModel(
+        in_channels=in_channels, num_layers=2, num_attention_heads=2, attention_head_dim=8,
+        caption_channels=text_dim, block_layout=layout, sample_size=(3, 8, 8), **kw,
+    )  # fmt: skip
+    return randomize_(model, seed).eval()
+
+
+def tiny_components(layout: str = "full", vae_preset: str = "tiny-timestep", seed: int = 0) -> dict:
+    """Components of a tiny vidgen pipeline: 4x4x4-compressing VAE, 2-block DiT, 1-layer T5."""
+    torch.manual_seed(seed)
+    vae = make_vae(vae_preset).eval()
+    tokenizer = word_tokenizer()
+    return dict(
+        vae=vae,
+        text_encoder=tiny_t5(len(tokenizer), seed=seed),
+        tokenizer=tokenizer,
+        transformer=tiny_transformer(layout, in_channels=vae.config.latent_channels, seed=seed),
+        scheduler=VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG),
+    )
