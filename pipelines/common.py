@@ -103,6 +103,17 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
             w * self.vae_spatial_compression_ratio,
         )
 
+    def resolve_video_size(self, num_frames, height, width, fallback_hw=None) -> tuple[int, int, int]:
+        """Fill sizes left as ``None`` with the model's training size (height and width: ``fallback_hw``
+        when given, e.g. the conditioning image's)."""
+        f, h, w = self.default_video_size
+        h, w = fallback_hw or (h, w)
+        return (
+            f if num_frames is None else num_frames,
+            h if height is None else height,
+            w if width is None else width,
+        )
+
     def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent ``(F, H, W)`` of a pixel video (the VAE encodes the first frame alone)."""
         return (

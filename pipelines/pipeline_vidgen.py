@@ -75,12 +75,7 @@ class VidGenPipeline(VidGenPipelineBase):
             ``VidGenPipelineOutput`` with ``.frames`` (or a tuple when ``return_dict=False``).
         """
         # 1. Check inputs and fill defaults from the model.
-        default_frames, default_height, default_width = self.default_video_size
-        num_frames, height, width = (
-            num_frames or default_frames,
-            height or default_height,
-            width or default_width,
-        )
+        num_frames, height, width = self.resolve_video_size(num_frames, height, width)
         batch_size = self.check_inputs(
             prompt, negative_prompt, height, width, num_frames, frame_rate, num_inference_steps, guidance_scale,
             guidance_rescale, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,

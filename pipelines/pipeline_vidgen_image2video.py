@@ -99,10 +99,8 @@ class VidGenImageToVideoPipeline(VidGenPipelineBase):
         """
         # 1. Check inputs; the video size defaults to the image's.
         first = image[0] if isinstance(image, list) and image else image
-        default_frames, _, _ = self.default_video_size
-        if isinstance(first, ImageInput):
-            height, width = height or image_size(first)[0], width or image_size(first)[1]
-        num_frames = num_frames or default_frames
+        fallback_hw = image_size(first) if isinstance(first, ImageInput) else None
+        num_frames, height, width = self.resolve_video_size(num_frames, height, width, fallback_hw)
         if image is None:
             raise ValueError("image is required: the first frame of the video")
         batch_size = self.check_inputs(

@@ -47,6 +47,13 @@ class VidGenFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         slope = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
         return cfg.base_shift + slope * (num_tokens - cfg.base_image_seq_len)
 
+    def stretch_shift_to_terminal(self, t):
+        """Stretch so the last sigma is ``shift_terminal``. A one-step schedule (sigma 1 only) has
+        nothing to stretch; diffusers' version divides 0 by 0 there, so it is kept as it is."""
+        if float(t[-1]) >= 1.0:
+            return t
+        return super().stretch_shift_to_terminal(t)
+
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,

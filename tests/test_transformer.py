@@ -82,7 +82,9 @@ def test_chunked_kv_cache_equals_block_causal_full_forward(layout):
         model(x[:, tokens], text, t[:, start : start + chunk], mask, chunk, H, W, **kwargs)
         assert len(cache) == start
         # ... the writing pass (the context pass) appends this chunk.
-        out = model(x[:, tokens], text, t[:, start : start + chunk], mask, chunk, H, W, update_kv_cache=True, **kwargs)
+        out = model(
+            x[:, tokens], text, t[:, start : start + chunk], mask, chunk, H, W, update_kv_cache=True, **kwargs
+        )
         outs.append(out.sample)
     chunked = torch.cat(outs, dim=1)
     diff = (chunked - full).abs().max().item()
@@ -141,7 +143,9 @@ def test_save_load_round_trip_uses_safetensors(tmp_path):
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     loaded = VidGenTransformer3DModel.from_pretrained(tmp_path)
     x, text, mask, t = _inputs()
-    torch.testing.assert_close(loaded(x, text, t, mask, F, H, W).sample, model(x, text, t, mask, F, H, W).sample)
+    torch.testing.assert_close(
+        loaded(x, text, t, mask, F, H, W).sample, model(x, text, t, mask, F, H, W).sample
+    )
 
 
 def test_lora_adapter_and_gradient_checkpointing():

@@ -72,8 +72,14 @@ def _check_output(path: str, overwrite: bool) -> None:
 
 
 def _load_pipeline(cls, model: str, dtype, device):
+    import diffusers
     import torch
+    import transformers
 
+    # Keep stderr for what matters: the denoising progress bar and errors.
+    for library in (diffusers, transformers):
+        library.utils.logging.disable_progress_bar()
+        library.utils.logging.set_verbosity_error()
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
     if not os.path.isdir(model) and not looks_like_hub_id:
         raise CLIError(f"--model {model}: no such folder")

@@ -1,0 +1,111 @@
+"""The `vidgen` command line, run as a user would, on a tiny pipeline folder made here."""
+
+import importlib.metadata
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from vidgen import VidGenPipeline, load_video
+from vidgen.testing import tiny_components
+
+CLI = [sys.executable, "-m", "vidgen.cli"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    VidGenPipeline(**tiny_components()).save_pretrained(path)
+    return path
+
+
+def vidgen(*args, cwd=None):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_console_script_is_declared():
+    (entry,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "vidgen"]
+    assert entry.value == "vidgen.cli:main"
+
+
+def test_t2v_writes_a_playable_mp4_of_the_requested_size(model_dir, tmp_path):
+    out = tmp_path / "clip.mp4"
+    result = vidgen(
+        "t2v", "--model", model_dir, "--prompt", "a red circle moves right", "--height", 32, "--width", 48,
+        "--frames", 13, "--steps", 2, "--fps", 8, "--seed", 1, "--output", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    video = load_video(out)
+    assert len(video) == 13 and video[0].size == (48, 32)
+    assert out.read_bytes()[4:8] == b"ftyp"  # an mp4 container
+
+
+def test_i2v_starts_from_the_image(model_dir, tmp_path):
+    image = tmp_path / "first.png"
+    PIL.Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "clip.gif"
+    result = vidgen(
+        "i2v",
+        "--model",
+        model_dir,
+        "--image",
+        image,
+        "--prompt",
+        "a",
+        "--frames",
+        5,
+        "--steps",
+        2,
+        "--output",
+        out,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(load_video(out)) == 5 and load_video(out)[0].size == (32, 32)
+
+
+def test_refuses_to_replace_an_existing_output(model_dir, tmp_path):
+    out = tmp_path / "clip.mp4"
+    out.write_bytes(b"keep me")
+    result = vidgen("t2v", "--model", model_dir, "--prompt", "a", "--output", out)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"vidgen t2v: error: --output {out} already exists; pass --overwrite to replace it"
+    ]
+    assert out.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--frames", "10"], "num_frames must be of the form k*4 + 1"),
+        (["--height", "30"], "height must be a positive multiple of 4"),
+        (["--steps", "zero"], "argument --steps: must be an integer >= 1"),
+        (["--attention", "magic"], "argument --attention: invalid choice"),
+        (["--output", "clip.avi"], "--output must end in .mp4 or .gif"),
+        (["--model", "no/such/folder"], "--model no/such/folder: no such folder"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(model_dir, tmp_path, args, message):
+    base = {"--model": str(model_dir), "--prompt": "a", "--output": str(tmp_path / "x.mp4")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    result = vidgen("t2v", *[x for kv in base.items() for x in kv], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_scripts_wrap_the_cli(model_dir, tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "text_to_video.py"
+    out = tmp_path / "s.gif"
+    result = subprocess.run(
+        [sys.executable, str(script), "--model", str(model_dir), "--prompt", "a", "--frames", "5", "--steps", "1", "--output", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(load_video(out)) == 5
