@@ -164,3 +164,35 @@ def test_image_to_video_rejects_bad_images(pipe):
         i2v(image=[image, image], prompt=[PROMPT] * 3, **FAST)
     with pytest.raises(ValueError, match="image is required"):
         i2v(prompt=PROMPT, **FAST)
+
+
+def test_timestep_conditioned_decoding_uses_ltx_defaults(pipe):
+    assert pipe.vae.config.timestep_conditioning
+    default = pipe(PROMPT, generator=_gen(), output_type="np", **FAST).frames
+    explicit = pipe(
+        PROMPT, generator=_gen(), output_type="np", decode_timestep=0.05, decode_noise_scale=0.025, **FAST
+    ).frames
+    other = pipe(
+        PROMPT, generator=_gen(), output_type="np", decode_timestep=0.5, decode_noise_scale=0.5, **FAST
+    ).frames
+    np.testing.assert_array_equal(default, explicit)
+    assert np.abs(other - default).max() > 1e-3
+
+
+def test_vae_presets():
+    from accelerate import init_empty_weights
+
+    from vidgen import make_vae
+
+    with init_empty_weights():  # the real LTX-Video VAE, without allocating its weights
+        ltx = make_vae("ltx-video")
+    assert (ltx.spatial_compression_ratio, ltx.temporal_compression_ratio, ltx.config.latent_channels) == (
+        32,
+        8,
+        128,
+    )
+    assert 32 * 32 * 8 * 3 / 128 == 192 and ltx.config.timestep_conditioning
+    small = make_vae("small")
+    assert (small.spatial_compression_ratio, small.temporal_compression_ratio) == (8, 4)
+    with pytest.raises(ValueError, match="VAE preset must be one of"):
+        make_vae("huge")

@@ -39,6 +39,7 @@ def test_never_replaces_without_overwrite(tmp_path):
     export_to_video(_frames(), path, overwrite=True)
     assert len(load_video(path)) == 9
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary left behind
+    assert path.stat().st_mode & 0o044  # readable by others, like any file the user writes
 
 
 def test_bad_inputs(tmp_path):

@@ -65,6 +65,7 @@ def export_to_video(frames, path: str | os.PathLike, fps: float = 8, overwrite: 
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
         for i, frame in enumerate(frames):
             PIL.Image.fromarray(frame).save(tmp / f"frame_{i:05d}.png")
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it the usual mode
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(tmp, path)
@@ -80,11 +81,18 @@ def export_to_video(frames, path: str | os.PathLike, fps: float = 8, overwrite: 
             _write_h264(tmp, frames, fps)
         else:
             iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return str(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_h264(path: str, frames: np.ndarray, fps: float) -> None:
