@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from vidgen.data import shapes
+from vidgen.data.shapes import COLORS, ShapeObject, caption_of, parse_caption, render_clip, sample_clip
+
+
+def test_native_clip_format_and_reproducibility():
+    clip = sample_clip(7)
+    assert clip.frames.shape == (17, 64, 64, 3) and clip.frames.dtype == np.uint8
+    again = sample_clip(7)
+    np.testing.assert_array_equal(clip.frames, again.frames)
+    assert clip.caption == again.caption
+    assert not np.array_equal(sample_clip(8).frames, clip.frames)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_exact_colors_black_background_and_no_overlap(seed):
+    clip = sample_clip(seed)
+    pixels = {tuple(p) for p in clip.frames.reshape(-1, 3)}
+    allowed = {(0, 0, 0)} | {COLORS[o.color] for o in clip.objects}
+    assert pixels <= allowed and (0, 0, 0) in pixels
+    masks = shapes.render_masks(clip.objects, clip.centers, clip.radii, 64, 64)
+    assert masks.any(axis=(2, 3)).all()  # every object visible in every frame
+    if len(clip.objects) == 2:
+        assert not (masks[:, 0] & masks[:, 1]).any()
+        assert clip.objects[0].color != clip.objects[1].color
+    assert all(6 <= r <= 9 for r in clip.radii)
+
+
+@pytest.mark.parametrize("motion", ["left", "right", "up", "down", "still"])
+def test_motion_direction_speed_and_bounce(motion):
+    for seed in range(20):
+        clip = render_clip([ShapeObject("red", "square", motion)], seed, num_frames=60)
+        steps = np.diff(clip.centers[:, 0], axis=0)  # (F-1, 2)
+        if motion == "still":
+            assert np.abs(steps).max() == 0
+            continue
+        axis = 0 if motion in ("left", "right") else 1
+        sign = shapes.DIRECTIONS[motion][axis]
+        speed = np.abs(clip.velocities[0, 0, axis])
+        assert 1.5 <= speed <= 2.5
+        np.testing.assert_allclose(steps[:8, axis], sign * speed)  # stated direction, first 8 frames
+        assert np.all(steps[:, 1 - axis] == 0)
+        r = clip.radii[0]
+        assert clip.centers[:, 0, axis].min() >= r - 1e-9 and clip.centers[:, 0, axis].max() <= 64 - r + 1e-9
+        assert (np.sign(steps[:, axis]) != sign).any()  # 60 frames at >= 1.5 px/frame must bounce
+
+
+def test_any_size_and_length_scales_sizes_and_speeds():
+    obj = [ShapeObject("blue", "circle", "right")]
+    small, big = render_clip(obj, 3), render_clip(obj, 3, height=128, width=256, num_frames=40)
+    assert big.frames.shape == (40, 128, 256, 3)
+    assert big.radii[0] == pytest.approx(2 * small.radii[0])
+    assert abs(big.velocities[0, 0, 0]) == pytest.approx(2 * abs(small.velocities[0, 0, 0]))
+
+
+def test_triangle_and_square_geometry():
+    tri = render_clip([ShapeObject("white", "triangle", "still")], 0)
+    sq = render_clip([ShapeObject("white", "square", "still")], 0)
+    area_tri, area_sq = (c.frames[0].any(-1).sum() for c in (tri, sq))
+    r = tri.radii[0]
+    assert area_tri == pytest.approx(2 * r * r, rel=0.15)  # base 2r x height 2r / 2
+    assert area_sq == pytest.approx(4 * sq.radii[0] ** 2, rel=0.15)
+    rows = np.where(tri.frames[0].any(-1).any(-1))[0]
+    widths = tri.frames[0].any(-1).sum(-1)[rows]
+    assert widths[0] < widths[-1]  # apex up
+
+
+def test_captions_round_trip_and_held_out_split():
+    objs = (ShapeObject("red", "circle", "right"), ShapeObject("cyan", "triangle", "still"))
+    caption = caption_of(objs)
+    assert caption == "a red circle moves right and a cyan triangle stays still"
+    assert parse_caption(caption) == objs
+    with pytest.raises(ValueError, match="not a Shapes-world caption"):
+        parse_caption("a red circle flies away")
+    rng = np.random.default_rng(0)
+    train = {caption_of(shapes.sample_objects(rng, 2)) for _ in range(300)}
+    held = {caption_of(shapes.sample_objects(rng, 2, held_out=True)) for _ in range(100)}
+    assert not train & held
+    assert all(shapes.is_held_out(parse_caption(c)) for c in held)

@@ -1,0 +1,1 @@
+"""Datasets: the procedurally generated Shapes world."""
