@@ -210,6 +210,11 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
                     f"prompt_attention_mask must be given with prompt_embeds, shaped {tuple(prompt_embeds.shape[:2])}"
                 )
             batch_size = prompt_embeds.shape[0]
+            if guidance_scale > 1 and negative_prompt_embeds is None and self.text_encoder is None:
+                raise ValueError(
+                    "guidance_scale > 1 with prompt_embeds needs negative_prompt_embeds (this pipeline has no "
+                    "text_encoder to encode the negative prompt); pass them, or guidance_scale=1"
+                )
         if isinstance(negative_prompt, list) and len(negative_prompt) != batch_size:
             raise ValueError(
                 f"negative_prompt has {len(negative_prompt)} entries but the prompt batch size is {batch_size}"
@@ -361,9 +366,10 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
             s, t = self.vae_spatial_compression_ratio, self.vae_temporal_compression_ratio
             extra["rope_interpolation_scale"] = (t / frame_rate, s, s)
         F, H, W = grid
+        dtype = self.transformer.dtype
         v = self.transformer(
-            hidden_states=model_input.to(prompt_embeds.dtype),
-            encoder_hidden_states=prompt_embeds,
+            hidden_states=model_input.to(dtype),
+            encoder_hidden_states=prompt_embeds.to(dtype),
             timestep=timestep,
             encoder_attention_mask=prompt_attention_mask,
             num_frames=F,

@@ -50,13 +50,19 @@ class VidGenImageToVideoPipeline(VidGenPipelineBase):
         return images
 
     def encode_image(self, images: list[ImageInput], height: int, width: int, generator, device, dtype):
-        """VAE latents ``(n, C, 1, H, W)`` of the conditioning images, normalised like the model's latents."""
-        pixels = self.video_processor.preprocess(images, height=height, width=width).to(
-            device, dtype
-        )  # (n, 3, H, W)
+        """VAE latents ``(n, C, 1, H, W)`` of the conditioning images, normalised like the model's latents.
+
+        With a list of generators (one per video), image ``i`` uses the generator of its first video."""
+        images = [
+            x.astype(np.float32) / 255 if isinstance(x, np.ndarray) and x.dtype == np.uint8 else x
+            for x in images
+        ]
+        pixels = self.video_processor.preprocess(images, height=height, width=width)  # (n, 3, H, W)
+        pixels = pixels.to(device, self.vae.dtype)
+        per_image = len(generator) // len(images) if isinstance(generator, list) else 0
         latents = []
         for i, img in enumerate(pixels):
-            g = generator[i] if isinstance(generator, list) else generator
+            g = generator[i * per_image] if isinstance(generator, list) else generator
             latents.append(self.vae.encode(img[None, :, None]).latent_dist.sample(g))
         return self.normalize_latents(torch.cat(latents).float())
 
@@ -92,7 +98,8 @@ class VidGenImageToVideoPipeline(VidGenPipelineBase):
         r"""Generate videos that start from ``image``.
 
         Args:
-            image: the first frame: PIL image, ``(H, W, 3)`` array or ``(3, H, W)`` tensor, or one per prompt.
+            image: the first frame: PIL image, ``(H, W, 3)`` array (uint8, or float in [0, 1]) or ``(3, H, W)``
+                tensor in [0, 1], or one per prompt.
                 Its size must equal ``height x width`` (which default to the image's size).
             latents: packed noise ``(B, N, C)``; the first frame's tokens are replaced by the image's.
             Other arguments: as :meth:`VidGenPipeline.__call__`.

@@ -171,3 +171,15 @@ def test_lora_adapter_and_gradient_checkpointing():
     model(x, text, t, mask, F, H, W).sample.square().mean().backward()
     for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
         torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+def test_cache_writes_must_be_whole_contiguous_chunks():
+    model = tiny_transformer(causal_chunk_size=2)
+    x, text, mask, t = _inputs()
+    cache = KVCache(num_layers=2)
+    step = dict(kv_cache=cache, update_kv_cache=True)
+    with pytest.raises(ValueError, match="cover whole chunks"):
+        model(x[:, : H * W], text, t[:, :1], mask, 1, H, W, **step)
+    model(x[:, : 2 * H * W], text, t[:, :2], mask, 2, H, W, **step)
+    with pytest.raises(ValueError, match="frames must continue the cache"):
+        model(x[:, : 2 * H * W], text, t[:, :2], mask, 2, H, W, **step)  # forgot frame_offset

@@ -53,3 +53,20 @@ def test_bad_inputs(tmp_path):
         load_video(tmp_path / "missing.mp4")
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "missing.png")
+
+
+def test_png_folder_overwrite_only_replaces_frame_folders(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="other than frame_"):
+        export_to_video(_frames(), folder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "keep"
+    frames_dir = tmp_path / "frames"
+    export_to_video(_frames(n=12), frames_dir)
+    export_to_video(_frames(n=3), frames_dir, overwrite=True)
+    assert len(load_video(frames_dir)) == 3
+    with pytest.raises(ValueError, match="at least one frame"):
+        export_to_video(np.zeros((0, 8, 8, 3), np.uint8), tmp_path / "empty.gif")
+    with pytest.raises(ValueError, match="fps must be a finite number"):
+        export_to_video(_frames(), tmp_path / "x.gif", fps=float("inf"))

@@ -7,6 +7,7 @@ Under ``accelerate launch`` the main process generates and writes; the others wa
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}")
+    return value
+
+
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="pipeline folder (diffusers layout) or hub id")
     p.add_argument("--prompt", required=True, help="text describing the video")
@@ -41,7 +52,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=_positive_int, default=None, help="pixels (default: the model's)")
     p.add_argument("--width", type=_positive_int, default=None, help="pixels (default: the model's)")
     p.add_argument("--frames", type=_positive_int, default=None, help="k * temporal_compression + 1 frames")
-    p.add_argument("--fps", type=float, default=25.0, help="frame rate of the video (default 25)")
+    p.add_argument("--fps", type=_positive_float, default=25.0, help="frame rate of the video (default 25)")
     p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps (default 30)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -107,11 +118,21 @@ def run(args: argparse.Namespace) -> int:
     from . import VidGenImageToVideoPipeline, VidGenPipeline, export_to_video, load_image
 
     _check_output(args.output, args.overwrite)
+    if args.device is not None:
+        try:
+            torch.device(args.device)
+        except RuntimeError as e:
+            raise CLIError(f"--device {args.device}: {e}") from e
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
     state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
     device = args.device or state.device
     extra = {}
     if args.command == "i2v":
-        extra["image"] = load_image(args.image)
+        try:
+            extra["image"] = load_image(args.image)
+        except OSError as e:  # unreadable or not an image
+            raise CLIError(f"--image {args.image}: {e}") from e
     if state.is_main_process:
         cls = VidGenImageToVideoPipeline if args.command == "i2v" else VidGenPipeline
         pipe = _load_pipeline(cls, args.model, args.dtype, device)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,19 +58,28 @@ def export_to_video(frames, path: str | os.PathLike, fps: float = 8, overwrite: 
         raise FileExistsError(
             f"output {path} already exists; pass overwrite=True (CLI: --overwrite) to replace it"
         )
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0; got {fps}")
+    if not math.isfinite(fps) or fps < 0.01:
+        raise ValueError(f"fps must be a finite number >= 0.01; got {fps}")
+    if ext == "" and path.is_dir() and any(not _is_frame_file(p) for p in path.iterdir()):
+        raise FileExistsError(
+            f"output folder {path} holds files other than frame_*.png; refusing to replace it"
+        )
     frames = _to_uint8_frames(frames)
+    if len(frames) == 0:
+        raise ValueError("frames must hold at least one frame")
     path.parent.mkdir(parents=True, exist_ok=True)
 
     if ext == "":
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        for i, frame in enumerate(frames):
-            PIL.Image.fromarray(frame).save(tmp / f"frame_{i:05d}.png")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it the usual mode
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
+        try:
+            for i, frame in enumerate(frames):
+                PIL.Image.fromarray(frame).save(tmp / f"frame_{i:05d}.png")
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it the usual mode
+            if path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return str(path)
 
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=ext)
@@ -87,6 +98,10 @@ def export_to_video(frames, path: str | os.PathLike, fps: float = 8, overwrite: 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return str(path)
+
+
+def _is_frame_file(p: Path) -> bool:
+    return p.is_file() and p.name.startswith("frame_") and p.suffix == ".png"
 
 
 def _umask() -> int:
@@ -113,7 +128,8 @@ def load_video(path: str | os.PathLike) -> list[PIL.Image.Image]:
     if not path.exists():
         raise FileNotFoundError(f"video {path} does not exist")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        files = [p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+        files.sort(key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
         if not files:
             raise ValueError(f"video folder {path} holds no .png/.jpg frames")
         return [PIL.Image.open(p).convert("RGB") for p in files]

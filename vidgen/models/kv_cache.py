@@ -58,6 +58,11 @@ class KVCache:
         """Append ``k, v`` of shape ``(B', F, S, H, D)`` for absolute frame indices ``frames`` ``(F,)``."""
         if k.shape != v.shape or k.ndim != 5 or k.shape[1] != len(frames):
             raise ValueError(f"k and v must be (B', F, S, H, D) with F = len(frames); got {tuple(k.shape)}")
+        if self._frames[layer] is not None and int(frames[0]) != int(self._frames[layer][-1]) + 1:
+            raise ValueError(
+                f"frames must continue the cache: expected first frame {int(self._frames[layer][-1]) + 1}, "
+                f"got {int(frames[0])} (pass frame_offset)"
+            )
         if self._k[layer] is None:
             self._k[layer], self._v[layer], self._frames[layer] = k, v, frames
         else:

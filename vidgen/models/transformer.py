@@ -319,6 +319,18 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if F * H * W != N:
             raise ValueError(f"hidden_states has {N} tokens but the grid {grid} has {F * H * W}")
 
+        if kv_cache is not None and update_kv_cache:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                raise ValueError(
+                    "update_kv_cache cannot run under gradient checkpointing (the cache would be written twice)"
+                )
+            chunk = cfg.causal_chunk_size
+            if chunk is not None and (frame_offset % chunk or F % chunk):
+                raise ValueError(
+                    f"with causal_chunk_size={chunk}, cache writes must cover whole chunks: frame_offset and the "
+                    f"number of frames must be multiples of {chunk}; got frame_offset={frame_offset}, frames={F}"
+                )
+
         # 1. Timestep modulation, kept at its granularity until it meets the tokens.
         t = self._timesteps_per_token(timestep, B, grid)  # (B, L)
         mod, emb = self.adaln_single(t, hidden_states.dtype)  # (B, L, K, D), (B, L, D)
