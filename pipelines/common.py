@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..models import VidGenTransformer3DModel
+from ..models import VidGenTransformer3DModel, VidGenVideoAutoencoder
 from ..schedulers import VidGenFlowMatchScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -56,7 +56,7 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
 
     def __init__(
         self,
-        vae: AutoencoderKLLTXVideo,
+        vae: AutoencoderKLLTXVideo | VidGenVideoAutoencoder,
         text_encoder: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         transformer: VidGenTransformer3DModel | LTXVideoTransformer3DModel,

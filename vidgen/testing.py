@@ -3,31 +3,11 @@
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+from transformers import T5Config, T5EncoderModel
 
+from .data.text import word_tokenizer
 from .models import VidGenTransformer3DModel, make_vae
 from .schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
-
-WORDS = (
-    "a an and the red green blue yellow magenta cyan white circle square triangle moves left right up down "
-    "stays still cat dog runs jumps over on in of with is"
-).split()
-
-
-def word_tokenizer(words=WORDS, max_length: int = 16) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer (``tokenizers`` library) that appends ``</s>``, like T5's."""
-    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *words])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=max_length,
-    )
 
 
 def tiny_t5(vocab_size: int, d_model: int = 16, seed: int = 0) -> T5EncoderModel:

@@ -1,0 +1,320 @@
+"""Train vidgen's embedded default model on the Shapes world, from a seed, on a CPU in about two hours.
+
+    python scripts/train_default.py --out runs/default            # all stages, resumable
+    accelerate launch scripts/train_default.py --out runs/default  # same recipe, any device
+    python scripts/train_default.py --out runs/default --export vidgen/default_model
+
+Stages (each skipped when its output exists; a killed run resumes from its last checkpoint):
+1. VAE: ``VidGenVideoAutoencoder`` on 5-frame windows of freshly rendered clips (a causal convolutional
+   VAE learns filters that apply to any length, at a third of the cost of 17-frame clips). The decoder
+   also learns to finish denoising: half the batches decode latents noised at ``t ~ U[0, 0.2]``.
+2. Latent cache: N training clips (17 frames) encoded once, with captions and object-token masks.
+3. DiT + text encoder: flow matching with VDT masks (given tokens clean at per-token timestep 0, loss
+   only on generated tokens), object tokens weighted up (the black background is learned first and is
+   almost every token), 10% caption dropout for classifier-free guidance.
+4. Export: a diffusers pipeline folder (safetensors) with ``VidGenPipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from transformers import T5Config, T5EncoderModel
+from vidgen.schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
+
+from vidgen import VidGenPipeline, VidGenTransformer3DModel
+from vidgen.data import shapes
+from vidgen.data.text import word_tokenizer
+from vidgen.masks import sample_training_mask
+from vidgen.models.autoencoder import VidGenVideoAutoencoder
+
+VAE_CONFIG = dict(latent_channels=16, block_out_channels=(32, 48, 64), patch_size=2)
+DIT_CONFIG = dict(
+    in_channels=16, num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64,
+    block_layout="full", sample_size=(5, 8, 8),
+)  # fmt: skip
+T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="run folder (checkpoints, cache, logs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-steps", type=int, default=900)
+    p.add_argument("--vae-batch", type=int, default=12)
+    p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
+    p.add_argument("--dit-steps", type=int, default=2400)
+    p.add_argument("--dit-batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument(
+        "--object-weight", type=float, default=8.0, help="loss weight of object tokens vs background"
+    )
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--export", default=None, help="write the pipeline folder here when training is done")
+    return p.parse_args()
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: data, checkpoints.
+def render_batch(seeds, num_frames=17, window=None) -> tuple[torch.Tensor, list[str], np.ndarray]:
+    """Pixels ``(B, 3, F, 64, 64)`` in [-1, 1], captions, object masks ``(B, F, 64, 64)``."""
+    clips = [shapes.sample_clip(int(s)) for s in seeds]
+    frames = np.stack([c.frames for c in clips])  # (B, 17, H, W, 3)
+    masks = np.stack([c.frames.any(-1) for c in clips])  # (B, 17, H, W)
+    if window is not None:
+        frames, masks = frames[:, window], masks[:, window]
+    pixels = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    return pixels, [c.caption for c in clips], masks
+
+
+def save_checkpoint(folder: Path, step: int, tensors: dict, optimizer, keep: int = 2) -> None:
+    """Atomic: write into a temporary folder, then rename; keep the last ``keep``."""
+    final = folder / f"step_{step:06d}"
+    tmp = folder / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, tmp / "weights.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("step_*"))[:-keep]:
+        shutil.rmtree(old)
+
+
+def latest_checkpoint(folder: Path):
+    done = sorted(folder.glob("step_*"))
+    if not done:
+        return 0, None, None
+    last = done[-1]
+    step = json.loads((last / "step.json").read_text())["step"]
+    return step, load_file(last / "weights.safetensors"), torch.load(last / "optimizer.pt", weights_only=True)
+
+
+def split_state(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def cosine_lr(step, total, peak, warmup=100):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def log(run: Path, name: str, row: dict) -> None:
+    path = run / f"{name}.csv"
+    new = not path.exists()
+    with path.open("a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: the VAE.
+def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencoder:
+    final = run / "vae"
+    if (final / "config.json").exists():
+        return VidGenVideoAutoencoder.from_pretrained(final)
+    torch.manual_seed(args.seed)
+    vae = VidGenVideoAutoencoder(**VAE_CONFIG)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    ckpt = run / "vae_ckpt"
+    start, tensors, opt_state = latest_checkpoint(ckpt)
+    if tensors is not None:
+        vae.load_state_dict(tensors)
+        opt.load_state_dict(opt_state)
+    vae, opt = accelerator.prepare(vae, opt)
+    tic = time.time()
+    for step in range(start, args.vae_steps):
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        start_frame = 4 * int(torch.randint(0, 4, (1,), generator=g))
+        seeds = np.arange(step * args.vae_batch, (step + 1) * args.vae_batch) + 10_000_000
+        x, _, masks = render_batch(seeds, window=slice(start_frame, start_frame + 5))
+        x = x.to(accelerator.device)
+        weight = 1 + 9 * torch.from_numpy(masks)[:, None].float().to(x.device)  # objects count 10x
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, args.vae_steps, 1e-3)
+        model = accelerator.unwrap_model(vae)
+        z = model.encode(x).latent_dist.mode()
+        t = torch.zeros(len(x), device=x.device)
+        if step % 2:  # the decoder learns the last denoising step
+            t = torch.rand(len(x), generator=g).to(x.device) * 0.2
+            z = (1 - t.view(-1, 1, 1, 1, 1)) * z + t.view(-1, 1, 1, 1, 1) * torch.randn(
+                z.shape, generator=g
+            ).to(z)
+        y = model.decode(z, t).sample
+        loss = (weight * (y - x) ** 2).mean() + 1e-4 * z.pow(2).mean()
+        opt.zero_grad()
+        accelerator.backward(loss)
+        opt.step()
+        if step % 25 == 0 or step == args.vae_steps - 1:
+            psnr = 10 * math.log10(4 / F.mse_loss(y.clamp(-1, 1), x).item())  # range 2 -> peak^2 = 4
+            log(
+                run,
+                "vae_log",
+                {"step": step, "loss": loss.item(), "psnr_db": psnr, "seconds": time.time() - tic},
+            )
+            print(f"vae step {step} loss {loss.item():.4f} psnr {psnr:.1f} dB", flush=True)
+        if (step + 1) % args.checkpoint_every == 0:
+            save_checkpoint(ckpt, step + 1, model.state_dict(), opt)
+    vae = accelerator.unwrap_model(vae).eval()
+    # Per-channel latent statistics over fresh clips, for normalisation in the pipelines.
+    with torch.no_grad():
+        x, _, _ = render_batch(np.arange(256) + 20_000_000)
+        z = torch.cat([vae.encode(x[i : i + 32]).latent_dist.mode() for i in range(0, 256, 32)])
+        vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))
+        vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)))
+    vae.save_pretrained(final)
+    return vae
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2: the latent cache.
+@torch.no_grad()
+def build_cache(args, run: Path, vae, tokenizer) -> dict:
+    path = run / f"cache_{args.clips}.safetensors"
+    if path.exists():
+        return load_file(path)
+    latents, tokens, objects = [], [], []
+    for start in range(0, args.clips, 64):
+        seeds = np.arange(start, min(start + 64, args.clips))
+        x, captions, masks = render_batch(seeds)
+        z = vae.encode(x).latent_dist.mode()
+        mean, std = vae.latents_mean.view(1, -1, 1, 1, 1), vae.latents_std.view(1, -1, 1, 1, 1)
+        latents.append((z - mean) / std)
+        tokens.append(tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids)
+        # Object tokens: latent frame 0 <- pixel frame 0, frame k <- pixel frames 4k-3 .. 4k; 8x8 pooling.
+        m = torch.from_numpy(masks).float()  # (B, 17, 64, 64)
+        m = torch.cat([m[:, :1], m[:, 1:].reshape(len(m), 4, 4, 64, 64).amax(2)], dim=1)  # (B, 5, 64, 64)
+        objects.append(F.max_pool2d(m, 8) > 0)  # (B, 5, 8, 8)
+        print(f"cache {start + len(seeds)}/{args.clips}", flush=True)
+    cache = {"latents": torch.cat(latents), "tokens": torch.cat(tokens), "objects": torch.cat(objects)}
+    save_file(cache, path)
+    return cache
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 3: the DiT and the text encoder, with VDT masks.
+def pack(x: torch.Tensor) -> torch.Tensor:  # (B, C, F, H, W) -> (B, N, C)
+    return x.flatten(2).transpose(1, 2)
+
+
+def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size: int):
+    final = run / "dit"
+    if (final / "transformer" / "config.json").exists():
+        return (
+            VidGenTransformer3DModel.from_pretrained(final / "transformer"),
+            T5EncoderModel.from_pretrained(final / "text_encoder"),
+        )
+    torch.manual_seed(args.seed + 1)
+    dit = VidGenTransformer3DModel(**DIT_CONFIG)
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, dropout_rate=0.0, **T5_CONFIG)
+    )
+    params = list(dit.parameters()) + list(t5.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    ckpt = run / "dit_ckpt"
+    start, tensors, opt_state = latest_checkpoint(ckpt)
+    if tensors is not None:
+        dit.load_state_dict(split_state(tensors, "dit."))
+        t5.load_state_dict(split_state(tensors, "t5."))
+        opt.load_state_dict(opt_state)
+    dit, t5, opt = accelerator.prepare(dit, t5, opt)
+    latents, tokens, objects = cache["latents"], cache["tokens"], cache["objects"]
+    n, (C, Fl, H, W) = len(latents), latents.shape[1:]
+    empty = tokens[0].clone()
+    empty[:] = 0
+    empty[0] = 1  # "" -> just </s>
+    mu = VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG).shift_for_tokens(Fl * H * W)  # sampling's shift
+    tic = time.time()
+    for step in range(start, args.dit_steps):
+        # Data order and noise are functions of (seed, step): resuming reproduces them exactly.
+        g = torch.Generator().manual_seed(args.seed * 7_000_003 + step)
+        idx = torch.randint(0, n, (args.dit_batch,), generator=g)
+        x0 = latents[idx]  # (B, C, F, H, W)
+        ids = tokens[idx].clone()
+        ids[torch.rand(len(ids), generator=g) < 0.1] = empty  # caption dropout for CFG
+        mask = torch.stack([_training_mask((Fl, H, W), g) for _ in idx])  # (B, F, H, W), 1 = generate
+        u = torch.rand(len(idx), generator=g).clamp(1e-4, 1 - 1e-4)
+        sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))  # (B,) shifted like the sampler
+        noise = torch.randn(x0.shape, generator=g)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        m = mask[:, None]
+        xt = m * ((1 - s) * x0 + s * noise) + (1 - m) * x0  # given tokens stay clean
+        t_tok = (sigma[:, None] * 1000) * mask.flatten(1)  # (B, N): 0 on given tokens
+        weight = (1 + args.object_weight * objects[idx].float()) * mask  # (B, F, H, W)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, args.dit_steps, args.lr)
+        dev = accelerator.device
+        text = t5(ids.to(dev))[0]
+        v = dit(pack(xt).to(dev), text, t_tok.to(dev), None, Fl, H, W).sample  # (B, N, C)
+        target = pack(noise - x0).to(dev)
+        w = weight.flatten(1)[..., None].to(dev)
+        loss = (w * (v - target) ** 2).sum() / (w.sum() * C)
+        opt.zero_grad()
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 25 == 0 or step == args.dit_steps - 1:
+            log(run, "dit_log", {"step": step, "loss": loss.item(), "seconds": time.time() - tic})
+            print(f"dit step {step} loss {loss.item():.4f} ({time.time() - tic:.0f}s)", flush=True)
+        if (step + 1) % args.checkpoint_every == 0:
+            state = {f"dit.{k}": v for k, v in accelerator.unwrap_model(dit).state_dict().items()}
+            state |= {f"t5.{k}": v for k, v in accelerator.unwrap_model(t5).state_dict().items()}
+            save_checkpoint(ckpt, step + 1, state, opt)
+    dit, t5 = accelerator.unwrap_model(dit).eval(), accelerator.unwrap_model(t5).eval()
+    dit.save_pretrained(final / "transformer")
+    t5.save_pretrained(final / "text_encoder")
+    return dit, t5
+
+
+def _training_mask(grid, g):
+    """35% text-to-video (all generated), 15% image-to-video (frame 0 given), else VDT's sampler."""
+    r = float(torch.rand((), generator=g))
+    mask = torch.ones(grid)
+    if r < 0.35:
+        return mask
+    if r < 0.5:
+        mask[0] = 0
+        return mask
+    return sample_training_mask(grid, g)[1]
+
+
+# --------------------------------------------------------------------------------------------------
+def main():
+    args = parse_args()
+    run = Path(args.out)
+    run.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    tokenizer = word_tokenizer(max_length=16)
+
+    vae = train_vae(args, run, accelerator)  # 1. the VAE
+    cache = build_cache(args, run, vae, tokenizer)  # 2. latents, once
+    dit, t5 = train_dit(args, run, accelerator, cache, len(tokenizer))  # 3. DiT + text encoder
+
+    if args.export:  # 4. the pipeline folder
+        pipe = VidGenPipeline(
+            vae=vae, text_encoder=t5, tokenizer=tokenizer, transformer=dit,
+            scheduler=VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG),
+        )  # fmt: skip
+        tmp = Path(args.export).with_name(Path(args.export).name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe.save_pretrained(tmp)
+        shutil.rmtree(args.export, ignore_errors=True)
+        os.replace(tmp, args.export)
+        print(f"exported {args.export}")
+
+
+if __name__ == "__main__":
+    main()
