@@ -103,6 +103,11 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
             w * self.vae_spatial_compression_ratio,
         )
 
+    @property
+    def default_frame_rate(self) -> float:
+        """Frames per second the model was trained at (LTX-Video's 25 when it does not say)."""
+        return getattr(self.transformer.config, "sample_frame_rate", None) or 25.0
+
     def resolve_video_size(self, num_frames, height, width, fallback_hw=None) -> tuple[int, int, int]:
         """Fill sizes left as ``None`` with the model's training size (height and width: ``fallback_hw``
         when given, e.g. the conditioning image's)."""

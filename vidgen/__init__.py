@@ -1,21 +1,31 @@
 """vidgen: diffusers-style video diffusion pipelines (video VAE + DiT)."""
 
-__version__ = "0.1.0"
+from pathlib import Path as _Path
 
 from diffusers import ModelMixin, SchedulerMixin  # noqa: F401  (looked up by diffusers' loader)
 
 from . import _diffusers_loading
 from .models import KVCache, VidGenTransformer3DModel, VidGenVideoAutoencoder, make_vae
-from .pipelines import VidGenImageToVideoPipeline, VidGenPipeline, VidGenPipelineOutput
+from .pipelines import (
+    VidGenImageToVideoPipeline,
+    VidGenMaskedVideoPipeline,
+    VidGenPipeline,
+    VidGenPipelineOutput,
+)
 from .schedulers import VidGenFlowMatchScheduler
 from .video_io import export_to_video, load_image, load_video
 
 _diffusers_loading.register()
 
+__version__ = "0.1.0"
+DEFAULT_MODEL = str(_Path(__file__).parent / "default_model")
+"""Path of the embedded default pipeline folder (the Shapes-world model)."""
+
 __all__ = [
     "KVCache",
     "VidGenFlowMatchScheduler",
     "VidGenImageToVideoPipeline",
+    "VidGenMaskedVideoPipeline",
     "VidGenPipeline",
     "VidGenPipelineOutput",
     "VidGenTransformer3DModel",

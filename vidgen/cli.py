@@ -45,14 +45,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_generation_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="pipeline folder (diffusers layout) or hub id")
-    p.add_argument("--prompt", required=True, help="text describing the video")
+def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> None:
+    p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the embedded model)")
+    p.add_argument("--prompt", required=not masked, default="", help="text describing the video")
     p.add_argument("--negative-prompt", default=None, help="text to guide away from")
     p.add_argument("--height", type=_positive_int, default=None, help="pixels (default: the model's)")
     p.add_argument("--width", type=_positive_int, default=None, help="pixels (default: the model's)")
     p.add_argument("--frames", type=_positive_int, default=None, help="k * temporal_compression + 1 frames")
-    p.add_argument("--fps", type=_positive_float, default=25.0, help="frame rate of the video (default 25)")
+    p.add_argument("--fps", type=_positive_float, default=None, help="frame rate (default: the model's)")
     p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps (default 30)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -71,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
     i2v = commands.add_parser("i2v", help="image-to-video (the image is the first frame)")
     _add_generation_flags(i2v)
     i2v.add_argument("--image", required=True, help="first frame (png/jpg); sets the size unless given")
+    predict = commands.add_parser("predict", help="continue a video from its first frames")
+    _add_generation_flags(predict, masked=True)
+    predict.add_argument("--video", required=True, help="input video; its length and size are kept")
+    predict.add_argument("--given", type=_positive_int, default=5, help="given first frames (default 5)")
+    interpolate = commands.add_parser("interpolate", help="fill in the frames between given latent frames")
+    _add_generation_flags(interpolate, masked=True)
+    interpolate.add_argument("--video", required=True, help="input video; its length and size are kept")
+    interpolate.add_argument(
+        "--every", type=_positive_int, default=2, help="every n-th latent frame is given (default 2)"
+    )
+    evaluate = commands.add_parser("eval", help="generate for the held-out Shapes captions and print scores")
+    evaluate.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
+    evaluate.add_argument("--num", type=_positive_int, default=100, help="held-out clips (default 100)")
+    evaluate.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default 30)")
+    evaluate.add_argument("--tasks", default="t2v,i2v,predict,interpolate", help="comma-separated tasks")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
     return parser
 
 
@@ -82,7 +100,7 @@ def _check_output(path: str, overwrite: bool) -> None:
         raise CLIError(f"--output {path} already exists; pass --overwrite to replace it")
 
 
-def _load_pipeline(cls, model: str, dtype, device):
+def _load_pipeline(cls, model: str | None, dtype, device):
     import diffusers
     import torch
     import transformers
@@ -91,6 +109,12 @@ def _load_pipeline(cls, model: str, dtype, device):
     for library in (diffusers, transformers):
         library.utils.logging.disable_progress_bar()
         library.utils.logging.set_verbosity_error()
+    if model is None:
+        from . import DEFAULT_MODEL
+
+        if not os.path.isfile(os.path.join(DEFAULT_MODEL, "model_index.json")):
+            raise CLIError("no --model given and this install has no embedded default model")
+        model = DEFAULT_MODEL
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
     if not os.path.isdir(model) and not looks_like_hub_id:
         raise CLIError(f"--model {model}: no such folder")
@@ -111,13 +135,9 @@ def _set_attention(pipe, backend: str) -> None:
         pipe.transformer.set_attention_backend(backend)
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_device(args) -> None:
     import torch
-    from accelerate import PartialState
 
-    from . import VidGenImageToVideoPipeline, VidGenPipeline, export_to_video, load_image
-
-    _check_output(args.output, args.overwrite)
     if args.device is not None:
         try:
             torch.device(args.device)
@@ -125,6 +145,43 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--device {args.device}: {e}") from e
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import VidGenPipeline
+    from .eval import evaluate, format_table
+
+    _check_device(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = _load_pipeline(VidGenPipeline, args.model, args.dtype, device)
+    pipe.set_progress_bar_config(disable=True)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = set(tasks) - {"t2v", "i2v", "predict", "interpolate"}
+    if unknown:
+        raise CLIError(f"--tasks must be among t2v, i2v, predict, interpolate; got {sorted(unknown)}")
+    print(format_table(evaluate(pipe, tasks, n=args.num, steps=args.steps, seed=args.seed)))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from . import (
+        VidGenImageToVideoPipeline,
+        VidGenMaskedVideoPipeline,
+        VidGenPipeline,
+        export_to_video,
+        load_image,
+        load_video,
+    )
+
+    if args.command == "eval":
+        return run_eval(args)
+    _check_output(args.output, args.overwrite)
+    _check_device(args)
     state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
     device = args.device or state.device
     extra = {}
@@ -133,27 +190,43 @@ def run(args: argparse.Namespace) -> int:
             extra["image"] = load_image(args.image)
         except OSError as e:  # unreadable or not an image
             raise CLIError(f"--image {args.image}: {e}") from e
+    if args.command == "predict":
+        extra.update(video=_read_video(load_video, args.video), task="predict", given_frames=args.given)
+    if args.command == "interpolate":
+        extra.update(video=_read_video(load_video, args.video), task="interpolate", every=args.every)
     if state.is_main_process:
-        cls = VidGenImageToVideoPipeline if args.command == "i2v" else VidGenPipeline
-        pipe = _load_pipeline(cls, args.model, args.dtype, device)
+        cls = {
+            "i2v": VidGenImageToVideoPipeline,
+            "predict": VidGenMaskedVideoPipeline,
+            "interpolate": VidGenMaskedVideoPipeline,
+        }
+        pipe = _load_pipeline(cls.get(args.command, VidGenPipeline), args.model, args.dtype, device)
         _set_attention(pipe, args.attention)
+        fps = args.fps or pipe.default_frame_rate
         video = pipe(
             prompt=args.prompt,
             negative_prompt=args.negative_prompt,
             height=args.height,
             width=args.width,
             num_frames=args.frames,
-            frame_rate=args.fps,
+            frame_rate=fps,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             generator=torch.Generator().manual_seed(args.seed),
             output_type="np",
             **extra,
         ).frames[0]
-        path = export_to_video(video, args.output, fps=args.fps, overwrite=args.overwrite)
-        print(f"wrote {path} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]}, {args.fps:g} fps)")
+        path = export_to_video(video, args.output, fps=fps, overwrite=args.overwrite)
+        print(f"wrote {path} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]}, {fps:g} fps)")
     state.wait_for_everyone()
     return 0
+
+
+def _read_video(load_video, path: str):
+    try:
+        return load_video(path)
+    except (OSError, RuntimeError) as e:  # unreadable or not a video
+        raise CLIError(f"--video {path}: {str(e).splitlines()[0]}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (CLIError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"vidgen {args.command}: error: {e}", file=sys.stderr)
+        print(f"vidgen {args.command}: error: {str(e).splitlines()[0] if str(e) else e!r}", file=sys.stderr)
         return 2
 
 

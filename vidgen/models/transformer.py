@@ -189,6 +189,7 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         rope_theta, rope_axes_dim: 3D RoPE base and channel split over (frame, row, column).
         causal_chunk_size: latent frames per chunk of block-causal self-attention (``None``: bidirectional).
         sample_size: latent grid ``(F, H, W)`` the model was trained at; pipelines use it as default size.
+        sample_frame_rate: frames per second of the training videos (the CLI's default ``--fps``).
     """
 
     _supports_gradient_checkpointing = True
@@ -214,6 +215,7 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         rope_axes_dim: tuple[int, int, int] | None = None,
         causal_chunk_size: int | None = None,
         sample_size: tuple[int, int, int] = (5, 8, 8),
+        sample_frame_rate: float | None = None,
     ):
         super().__init__()
         if block_layout not in BLOCK_LAYOUTS:
