@@ -51,7 +51,14 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="run folder (checkpoints, cache, logs)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-steps", type=int, default=900)
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument(
+        "--vae-object-weight", type=float, default=2.0, help="pixel loss weight on objects vs background"
+    )
+    p.add_argument(
+        "--vae-noise-prob", type=float, default=0.25, help="share of steps that decode noised latents"
+    )
     p.add_argument("--vae-batch", type=int, default=12)
     p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
     p.add_argument("--dit-steps", type=int, default=2400)
@@ -142,14 +149,16 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
         seeds = np.arange(step * args.vae_batch, (step + 1) * args.vae_batch) + 10_000_000
         x, _, masks = render_batch(seeds, window=slice(start_frame, start_frame + 5))
         x = x.to(accelerator.device)
-        weight = 1 + 9 * torch.from_numpy(masks)[:, None].float().to(x.device)  # objects count 10x
+        weight = 1 + (args.vae_object_weight - 1) * torch.from_numpy(masks)[:, None].float().to(x.device)
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, args.vae_steps, 1e-3)
+            group["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr)
         model = accelerator.unwrap_model(vae)
         z = model.encode(x).latent_dist.mode()
         t = torch.zeros(len(x), device=x.device)
-        if step % 2:  # the decoder learns the last denoising step
-            t = torch.rand(len(x), generator=g).to(x.device) * 0.2
+        if (
+            float(torch.rand((), generator=g)) < args.vae_noise_prob
+        ):  # the decoder learns the last denoising step
+            t = torch.rand(len(x), generator=g).to(x.device) * 0.15
             z = (1 - t.view(-1, 1, 1, 1, 1)) * z + t.view(-1, 1, 1, 1, 1) * torch.randn(
                 z.shape, generator=g
             ).to(z)

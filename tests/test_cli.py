@@ -109,3 +109,28 @@ def test_scripts_wrap_the_cli(model_dir, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(load_video(out)) == 5
+
+
+def test_predict_and_interpolate_keep_the_video_size(model_dir, tmp_path):
+    from vidgen import export_to_video
+    from vidgen.data.shapes import sample_clip
+
+    source = tmp_path / "in.gif"
+    clip = sample_clip(0, height=32, width=32)
+    export_to_video(clip.frames, source, fps=8)
+    for command, flag in (("predict", ["--given", "5"]), ("interpolate", ["--every", "2"])):
+        out = tmp_path / f"{command}.gif"
+        result = vidgen(
+            command, "--model", model_dir, "--video", source, *flag, "--steps", 1, "--output", out
+        )
+        assert result.returncode == 0, result.stderr
+        video = load_video(out)
+        assert len(video) == 17 and video[0].size == (32, 32)
+        first = np.asarray(video[0]).astype(int)
+        assert (
+            np.abs(first - np.asarray(load_video(source)[0]).astype(int)).mean() < 2
+        )  # the given first frame
+    result = vidgen(
+        "predict", "--model", model_dir, "--video", tmp_path / "missing.mp4", "--output", tmp_path / "p.gif"
+    )
+    assert result.returncode == 2 and "missing.mp4" in result.stderr

@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (CLIError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"vidgen {args.command}: error: {str(e).splitlines()[0] if str(e) else e!r}", file=sys.stderr)
+        message = str(e).splitlines()[0] if str(e) else repr(e)
+        print(f"vidgen {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

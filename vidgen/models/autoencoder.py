@@ -92,18 +92,18 @@ def depth_to_space(x: torch.Tensor, p: int) -> torch.Tensor:
 
 
 class Upsample(nn.Module):
-    """x2 in time, height and width: a convolution to 8x channels, then depth-to-space; the first output
-    frame is dropped so ``F`` latent frames become ``2F - 1`` (the causal first frame stays single)."""
+    """x2 in time, height and width by nearest-neighbour repetition, then a convolution; the first
+    output frame is dropped so ``F`` latent frames become ``2F - 1`` (the causal first frame stays
+    single). Nearest-neighbour rather than pixel shuffle: it trained markedly faster here."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.conv = CausalConv3d(cin, cout * 8, causal=False)
+        self.conv = CausalConv3d(cin, cout, causal=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, T, H, W = x.shape
-        x = self.conv(x)
-        x = x.reshape(B, -1, 2, 2, 2, T, H, W).permute(0, 1, 5, 2, 6, 3, 7, 4)
-        return x.reshape(B, -1, 2 * T, 2 * H, 2 * W)[:, :, 1:]
+        x = x.repeat_interleave(2, dim=2)[:, :, 1:]
+        x = x.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+        return self.conv(x)
 
 
 class VidGenVideoAutoencoder(ModelMixin, ConfigMixin):

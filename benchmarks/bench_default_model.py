@@ -1,0 +1,43 @@
+"""Speed of the embedded default model: 17 frames at 64x64 with the default number of steps.
+
+    python benchmarks/bench_default_model.py [--repeats 3] [--steps N]
+
+Prints a markdown table (seconds per video, after one warm-up run). Target on a 2-core CPU: <= 5 s.
+"""
+
+import argparse
+import time
+
+import torch
+
+from vidgen import DEFAULT_MODEL, VidGenPipeline
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None, help="default: the pipeline's")
+    args = parser.parse_args()
+    pipe = VidGenPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="a red circle moves right", output_type="np")
+    if args.steps:
+        kwargs["num_inference_steps"] = args.steps
+    pipe(**kwargs, generator=torch.Generator().manual_seed(0))  # warm-up
+    times = []
+    for i in range(args.repeats):
+        start = time.perf_counter()
+        video = pipe(**kwargs, generator=torch.Generator().manual_seed(i)).frames[0]
+        times.append(time.perf_counter() - start)
+    steps = pipe.num_timesteps
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| video | steps | guidance | mean s | min s |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {video.shape[0]}x{video.shape[1]}x{video.shape[2]} | {steps} | 3.0 | {sum(times) / len(times):.2f} | {min(times):.2f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
