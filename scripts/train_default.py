@@ -313,6 +313,7 @@ def main():
     dit, t5 = train_dit(args, run, accelerator, cache, len(tokenizer))  # 3. DiT + text encoder
 
     if args.export:  # 4. the pipeline folder
+        dit.register_to_config(sample_frame_rate=float(shapes.FPS))
         pipe = VidGenPipeline(
             vae=vae, text_encoder=t5, tokenizer=tokenizer, transformer=dit,
             scheduler=VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG),
