@@ -3,7 +3,7 @@ and per-frame ground truth (centres, velocities). The default model is trained a
 
 Native clip: 64x64 pixels, 17 frames, 8 fps. Any size and length can be rendered: sizes and speeds
 scale with ``min(height, width) / 64``. One or two objects per clip, rendered with hard edges, never
-overlapping in the native clip (their bounding boxes never meet).
+overlapping in the native clip (their bounding boxes stay at least 2 pixels apart).
 
 - shapes: ``circle`` (radius r), ``square`` (side 2r), ``triangle`` (upward, base 2r, height 2r);
   ``r ~ U[6, 9]`` pixels at 64x64, constant per object;
@@ -150,8 +150,8 @@ def _start(rng, motion, radius, speed, size_xy):
     return start
 
 
-def _boxes_meet(c1, r1, c2, r2) -> bool:
-    return bool(np.any(np.all(np.abs(c1 - c2) <= r1 + r2, axis=-1)))
+def _boxes_meet(c1, r1, c2, r2, margin: float) -> bool:
+    return bool(np.any(np.all(np.abs(c1 - c2) <= r1 + r2 + margin, axis=-1)))
 
 
 def render_masks(objects, centers, radii, height, width) -> np.ndarray:
@@ -195,7 +195,7 @@ def render_clip(
             for o, r, s in zip(objects, radii, speeds)
         ]
         if len(objects) == 1 or not _boxes_meet(
-            paths[0][0][:check_frames], radii[0], paths[1][0][:check_frames], radii[1]
+            paths[0][0][:check_frames], radii[0], paths[1][0][:check_frames], radii[1], margin=2 * scale
         ):
             break
     else:
