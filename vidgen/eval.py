@@ -191,6 +191,9 @@ def evaluate(
 
     clips = evaluation_set(n)
     steps = steps or 30
+    i2v, masked = VidGenImageToVideoPipeline.from_pipe(pipe), VidGenMaskedVideoPipeline.from_pipe(pipe)
+    for p in (i2v, masked):
+        p.set_progress_bar_config(disable=True)
     common = dict(num_inference_steps=steps, output_type="np", frame_rate=shapes.FPS)
     results = {}
     for task in tasks:
@@ -200,10 +203,8 @@ def evaluate(
             if task == "t2v":
                 video = pipe(prompt=clip.caption, generator=g, **common).frames[0]
             elif task == "i2v":
-                i2v = VidGenImageToVideoPipeline.from_pipe(pipe)
                 video = i2v(image=clip.frames[0], prompt=clip.caption, generator=g, **common).frames[0]
             else:
-                masked = VidGenMaskedVideoPipeline.from_pipe(pipe)
                 kwargs = (
                     dict(task="predict", given_frames=5)
                     if task == "predict"
