@@ -321,6 +321,10 @@ def main():
         tmp = Path(args.export).with_name(Path(args.export).name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         pipe.save_pretrained(tmp)
+        for config in tmp.glob("*/config.json"):  # the run folder's path is no part of the model
+            data = json.loads(config.read_text())
+            data.pop("_name_or_path", None)
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(args.export, ignore_errors=True)
         os.replace(tmp, args.export)
         print(f"exported {args.export}")
