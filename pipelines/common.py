@@ -313,6 +313,22 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
             repeat(negative_prompt_attention_mask),
         )
 
+    def encode_prompt_for_guidance(
+        self, prompt, negative_prompt, do_classifier_free_guidance, num_videos_per_prompt, prompt_embeds,
+        prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length, device,
+    ):  # fmt: skip
+        """``(embeds, mask)`` for the transformer: with guidance, ``[negative; positive]`` stacked on the batch."""
+        max_sequence_length = max_sequence_length or min(
+            128, getattr(self.tokenizer, "model_max_length", 128)
+        )
+        embeds, mask, negative_embeds, negative_mask = self.encode_prompt(
+            prompt, negative_prompt, do_classifier_free_guidance, num_videos_per_prompt, prompt_embeds,
+            prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask, max_sequence_length, device,
+        )  # fmt: skip
+        if do_classifier_free_guidance:
+            return torch.cat([negative_embeds, embeds]), torch.cat([negative_mask, mask])
+        return embeds, mask
+
     # ----------------------------------------------------------------------------------------------
     # Latents: (B, C, F, H, W) <-> packed tokens (B, N, C * p_t * p * p), N in (frame, row, column) order.
     def pack_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -150,14 +150,10 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
         self._interrupt = False
 
         # 2. Encode the prompt; with guidance, batch [negative; positive].
-        prompt_embeds, prompt_mask, negative_embeds, negative_mask = self.encode_prompt(
+        prompt_embeds, prompt_mask = self.encode_prompt_for_guidance(
             prompt, negative_prompt, do_cfg, 1, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
-            negative_prompt_attention_mask, max_sequence_length or min(128, getattr(self.tokenizer, "model_max_length", 128)),
-            device,
+            negative_prompt_attention_mask, max_sequence_length, device,
         )  # fmt: skip
-        if do_cfg:
-            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
-            prompt_mask = torch.cat([negative_mask, prompt_mask])
         B = prompt_embeds.shape[0] // (2 if do_cfg else 1)
 
         # 3. Latents: the encoded video where given (mask 0), noise where generated (mask 1).
