@@ -5,8 +5,9 @@ function registered under a name; a model picks its backend once with
 ``model.set_attention_backend(name)`` and never switches inside the denoising loop.
 
 Layout everywhere: ``q, k, v`` are ``(B, N, H, D)`` (batch, tokens, heads, head dim), and ``mask``
-is a boolean tensor broadcastable to ``(B, H, Nq, Nk)`` where ``True`` means "may attend", or
-``None`` for full attention.
+is a boolean tensor broadcastable to ``(B, H, Nq, Nk)`` where ``True`` means "may attend", ``None``
+for full attention, or a :class:`~vidgen.models.block_sparse.BlockSparsePattern` (the sparse kinds:
+DraftAttention, FreeSwim windows), which goes to a block-sparse kernel instead of a dense backend.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .block_sparse import BlockSparsePattern, sparse_attention
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -55,6 +58,8 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, backend: str = "sdpa"
 ) -> torch.Tensor:
     """Scaled dot-product attention through the named backend. ``(B, N, H, D) -> (B, N, H, D)``."""
+    if isinstance(mask, BlockSparsePattern):
+        return sparse_attention(q, k, v, mask)
     return _BACKENDS[backend](q, k, v, mask)
 
 
