@@ -54,6 +54,7 @@ class Attention(nn.Module):
         self.norm_q = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.norm_k = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.backend = "sdpa"
+        self.kind = None  # an installed attention kind (vidgen.attention), or None for dense
 
     def qkv(self, x: torch.Tensor, context: torch.Tensor | None = None):
         """``(B, N, D) -> q, k, v`` each ``(B, N, H, Dh)`` (keys/values from ``context`` if given)."""
@@ -158,7 +159,9 @@ class VidGenBlock(nn.Module):
         shift, scale, gate = mod[0:3]
         q, k, v = self.attn1.qkv(self.norm1(x) * (1 + scale) + shift)
         q, k = apply_rotary_emb(q, ctx.rope, sequence_dim=1), apply_rotary_emb(k, ctx.rope, sequence_dim=1)
-        if self.layout == "full":
+        if self.layout == "full" and self.attn1.kind is not None:  # DraftAttention, FreeSwim
+            o = self.attn1.kind.self_attention(q, k, v, layer)
+        elif self.layout == "full":
             o = cached_self_attention(self.attn1, q, k, v, H * W, layer, ctx)
         else:
             q, k, v = (t.unflatten(1, (F, H * W)).flatten(0, 1) for t in (q, k, v))  # (B*F, HW, H, Dh)
@@ -167,7 +170,10 @@ class VidGenBlock(nn.Module):
 
         # Cross-attention to the text.
         q, k, v = self.attn2.qkv(self.norm2(x), ctx.text)
-        x = x + self.attn2.out(attention(q, k, v, ctx.text_mask, self.attn2.backend))
+        cross = self.attn2.out(attention(q, k, v, ctx.text_mask, self.attn2.backend))
+        if self.attn2.kind is not None:
+            cross = self.attn2.kind.after_cross_attention(cross, layer)
+        x = x + cross
 
         # Feed-forward.
         shift, scale, gate = mod[3:6]
