@@ -46,7 +46,9 @@ class DraftAttentionConfig:
             raise ValueError(f"dense_blocks must be >= 0; got {self.dense_blocks}")
 
 
-def draft_pattern(q: torch.Tensor, k: torch.Tensor, tiling: Tiling, cfg: DraftAttentionConfig) -> BlockSparsePattern:
+def draft_pattern(
+    q: torch.Tensor, k: torch.Tensor, tiling: Tiling, cfg: DraftAttentionConfig
+) -> BlockSparsePattern:
     """The kept tile pairs for ``(B, N, H, D)`` queries and keys: ``kept`` is ``(B, H, T, T)``."""
     valid = tiling.valid.to(q.device).view(tiling.num_tiles, tiling.block_size, 1).to(q.dtype)  # (T, P, 1)
     count = valid.sum(1)  # (T, 1) real tokens per tile

@@ -33,14 +33,16 @@ class FreeSwimConfig:
     train_size: tuple[int, int]  # the training token grid (rows, columns) = the window
     inward: bool = True  # shift border windows inside (False: the naive clipped window)
     dual_path: bool = True  # full-attention branch whose cross-attention overrides the window branch's
-    cache_steps: int = 2  # the full branch runs every cache_steps-th step; its cross-attention is reused between
+    cache_steps: int = 2  # the full branch runs every cache_steps-th step; its cross-attention is reused
     temperature: bool = False  # scale logits by sqrt(log N / log N_train)
-    tile: tuple[int, int] | None = None  # block tiling for the kernel (default: half the window, at most 8x16)
+    tile: tuple[int, int] | None = None  # kernel tiling (default: half the window, at most 8x16)
     kernel: str = "auto"
 
     def __post_init__(self):
         if len(self.train_size) != 2 or min(self.train_size) < 1:
-            raise ValueError(f"train_size must be the training token grid (rows, columns); got {self.train_size}")
+            raise ValueError(
+                f"train_size must be the training token grid (rows, columns); got {self.train_size}"
+            )
         self.train_size = (int(self.train_size[0]), int(self.train_size[1]))
         if self.cache_steps < 1:
             raise ValueError(f"cache_steps must be >= 1; got {self.cache_steps}")
@@ -90,7 +92,9 @@ def window_tiles(tiling: Tiling, window: tuple[int, int], inward: bool) -> torch
 
 def window_pattern(grid, window, inward: bool, tile, kernel="auto") -> BlockSparsePattern:
     tiling = tile_tokens(grid, tile)
-    return BlockSparsePattern(tiling, window_tiles(tiling, window, inward), window_rule(grid, window, inward), kernel)
+    return BlockSparsePattern(
+        tiling, window_tiles(tiling, window, inward), window_rule(grid, window, inward), kernel
+    )
 
 
 class FreeSwim(AttentionKind):
@@ -147,7 +151,10 @@ class FreeSwim(AttentionKind):
         cfg = self.config
         key = (self.state.grid, cfg.train_size, cfg.inward, cfg.tile, cfg.kernel)
         if self._pattern is None or self._pattern[0] != key:
-            self._pattern = (key, window_pattern(self.state.grid, cfg.train_size, cfg.inward, cfg.tile, cfg.kernel))
+            self._pattern = (
+                key,
+                window_pattern(self.state.grid, cfg.train_size, cfg.inward, cfg.tile, cfg.kernel),
+            )
         return self._pattern[1]
 
     def self_attention(self, q, k, v, layer: int) -> torch.Tensor:

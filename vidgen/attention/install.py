@@ -49,9 +49,13 @@ class LTXKindProcessor(LTXVideoAttnProcessor):
         super().__init__()
         self.kind, self.layer = kind, layer
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None
+    ):
         if encoder_hidden_states is not None:  # cross-attention: stock, then the kind's override
-            out = super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            out = super().__call__(
+                attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+            )
             return self.kind.after_cross_attention(out, self.layer)
         if attention_mask is not None:
             raise ValueError("sparse self-attention does not take an attention_mask")
@@ -113,7 +117,9 @@ def _install(transformer, kind: AttentionKind) -> None:
         transformer.set_attn_processor(new)
     installed.hooks = [
         transformer.register_forward_pre_hook(lambda m, a, kw: kind.pre_forward(m, a, kw), with_kwargs=True),
-        transformer.register_forward_hook(lambda m, a, kw, out: kind.post_forward(m, a, kw, out), with_kwargs=True),
+        transformer.register_forward_hook(
+            lambda m, a, kw, out: kind.post_forward(m, a, kw, out), with_kwargs=True
+        ),
     ]
     transformer._vidgen_attention = installed
 
@@ -159,7 +165,9 @@ def apply_draft_attention(
         kernel: ``"auto"`` (FlexAttention on CUDA, the gather kernel elsewhere), ``"gather"``, ``"flex"``,
             or ``"reference"`` (dense masked SDPA, for tests).
     """
-    kind = DraftAttention(DraftAttentionConfig(sparsity, tuple(tile), dense_timestep, dense_blocks, sink, kernel))
+    kind = DraftAttention(
+        DraftAttentionConfig(sparsity, tuple(tile), dense_timestep, dense_blocks, sink, kernel)
+    )
     _install(transformer, kind)
     return kind
 
@@ -191,6 +199,8 @@ def apply_freeswim(
         if not isinstance(transformer, VidGenTransformer3DModel) or sample_size is None:
             raise ValueError("train_size is required: the training token grid (rows, columns)")
         train_size = tuple(sample_size[1:])
-    kind = FreeSwim(FreeSwimConfig(tuple(train_size), inward, dual_path, cache_steps, temperature, tile, kernel))
+    kind = FreeSwim(
+        FreeSwimConfig(tuple(train_size), inward, dual_path, cache_steps, temperature, tile, kernel)
+    )
     _install(transformer, kind)
     return kind

@@ -59,7 +59,9 @@ class Tiling:
     def to_tiles(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, H, D) -> (B, H, T, P, D)``; padding slots are zeros."""
         B, _, heads, D = x.shape
-        x = torch.cat([x, x.new_zeros(B, 1, heads, D)], dim=1).index_select(1, self.order.to(x.device))  # (B, T*P, H, D)
+        x = torch.cat([x, x.new_zeros(B, 1, heads, D)], dim=1).index_select(
+            1, self.order.to(x.device)
+        )  # (B, T*P, H, D)
         return x.unflatten(1, (self.num_tiles, self.block_size)).permute(0, 3, 1, 2, 4)
 
     def from_tiles(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,14 +131,18 @@ def sparse_attention(q, k, v, pattern: BlockSparsePattern, kernel: str | None = 
     if name == "auto":
         name = "flex" if q.is_cuda else "gather"
     if name not in _KERNELS:
-        raise ValueError(f"sparse attention kernel must be one of {sorted(_KERNELS) + ['auto']}; got {name!r}")
+        raise ValueError(
+            f"sparse attention kernel must be one of {sorted(_KERNELS) + ['auto']}; got {name!r}"
+        )
     return _KERNELS[name](q, k, v, pattern)
 
 
 @_kernel("reference")
 def _reference(q, k, v, pattern):
     mask = pattern.token_mask().to(q.device)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+    )
     return out.transpose(1, 2)
 
 
@@ -151,7 +157,9 @@ def _gather(q, k, v, pattern, budget: int = 2**25):
     kept = pattern.kept.to(q.device).expand(B, heads, T, T).reshape(B * heads * T, T)
     counts = kept.sum(-1)  # (R,) kept key tiles per query row
     if bool((counts == T).all()) and pattern.token_rule is None:  # nothing is skipped: plain dense attention
-        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        return F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        ).transpose(1, 2)
     # Rows grouped by their count of kept key tiles, so that a group gathers exactly its rows' kept
     # tiles and runs one dense SDPA call (in chunks of at most `budget` scores); a mask is needed only
     # for padding slots of ragged tiles and for a token rule.
@@ -172,7 +180,9 @@ def _gather(q, k, v, pattern, budget: int = 2**25):
                 if pattern.token_rule is not None:
                     q_coords, k_coords = coords[rows % T][:, :, None], coords[tiles].flatten(1, 2)[:, None]
                     mask = mask & pattern.token_rule(q_coords, k_coords)[:, None]  # (n, 1, P, K*P)
-            o = F.scaled_dot_product_attention(qt.index_select(0, rows)[:, None], keys, values, attn_mask=mask)
+            o = F.scaled_dot_product_attention(
+                qt.index_select(0, rows)[:, None], keys, values, attn_mask=mask
+            )
             out.index_copy_(0, rows, o[:, 0])  # (n, P, D)
     return t.from_tiles(out.view(B, heads, T, P, D))
 
