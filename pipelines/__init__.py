@@ -2,10 +2,13 @@ from .common import VidGenPipelineOutput
 from .pipeline_vidgen import VidGenPipeline
 from .pipeline_vidgen_image2video import VidGenImageToVideoPipeline
 from .pipeline_vidgen_masked import VidGenMaskedVideoPipeline
+from .pipeline_vidgen_video2video import VidGenVideoToVideoPipeline, generate_high_resolution
 
 __all__ = [
     "VidGenImageToVideoPipeline",
     "VidGenMaskedVideoPipeline",
     "VidGenPipeline",
     "VidGenPipelineOutput",
+    "VidGenVideoToVideoPipeline",
+    "generate_high_resolution",
 ]

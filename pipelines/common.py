@@ -23,6 +23,15 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..attention import (
+    apply_draft_attention,
+    apply_freeswim,
+    conditional_rows,
+    installed_attention,
+    reset_attention,
+)
+from ..attention.draft import DraftAttention
+from ..attention.freeswim import FreeSwim
 from ..models import VidGenTransformer3DModel, VidGenVideoAutoencoder
 from ..schedulers import VidGenFlowMatchScheduler
 
@@ -331,6 +340,13 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
 
     # ----------------------------------------------------------------------------------------------
     # Latents: (B, C, F, H, W) <-> packed tokens (B, N, C * p_t * p * p), N in (frame, row, column) order.
+    def video_to_pixels(self, video, height: int, width: int) -> torch.Tensor:
+        """Frames (list of PIL, ``(F, H, W, 3)`` array or ``(F, 3, H, W)`` tensor in [0, 1]) -> ``(1, 3, F, H, W)``."""
+        if isinstance(video, np.ndarray) and video.dtype == np.uint8:
+            video = video.astype(np.float32) / 255
+        pixels = self.video_processor.preprocess_video(video, height=height, width=width)  # (1, 3, F, H, W)
+        return pixels
+
     def pack_latents(self, latents: torch.Tensor) -> torch.Tensor:
         p_t, p = self.patch_size
         B, C, F, H, W = latents.shape
@@ -388,18 +404,20 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
             extra["rope_interpolation_scale"] = (t / frame_rate, s, s)
         F, H, W = grid
         dtype = self.transformer.dtype
-        v = self.transformer(
-            hidden_states=model_input.to(dtype),
-            encoder_hidden_states=prompt_embeds.to(dtype),
-            timestep=timestep,
-            encoder_attention_mask=prompt_attention_mask,
-            num_frames=F,
-            height=H,
-            width=W,
-            attention_kwargs=attention_kwargs,
-            return_dict=False,
-            **extra,
-        )[0].float()
+        rows = torch.arange(model_input.shape[0]) >= latents.shape[0] if do_cfg else None  # [uncond; cond]
+        with conditional_rows(rows):  # FreeSwim runs its full branch on the conditional rows only
+            v = self.transformer(
+                hidden_states=model_input.to(dtype),
+                encoder_hidden_states=prompt_embeds.to(dtype),
+                timestep=timestep,
+                encoder_attention_mask=prompt_attention_mask,
+                num_frames=F,
+                height=H,
+                width=W,
+                attention_kwargs=attention_kwargs,
+                return_dict=False,
+                **extra,
+            )[0].float()
         if do_cfg:
             v_uncond, v_text = v.chunk(2)
             v = v_uncond + guidance_scale * (v_text - v_uncond)
@@ -437,6 +455,32 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
             )
         video = self.vae.decode(latents.to(self.vae.dtype), timestep, return_dict=False)[0]  # (B, 3, F, H, W)
         return self.video_processor.postprocess_video(video, output_type=output_type)
+
+    # ----------------------------------------------------------------------------------------------
+    # Attention kinds (vidgen.attention) on the transformer.
+    def enable_draft_attention(self, sparsity: float = 0.9, **kwargs) -> None:
+        """DraftAttention block-sparse self-attention; ``kwargs`` as in :func:`vidgen.attention.apply_draft_attention`."""
+        apply_draft_attention(self.transformer, sparsity=sparsity, **kwargs)
+
+    def disable_draft_attention(self) -> None:
+        if isinstance(installed_attention(self.transformer), DraftAttention):
+            reset_attention(self.transformer)
+
+    def enable_freeswim(self, train_size: tuple[int, int] | None = None, **kwargs) -> None:
+        """FreeSwim inward-window self-attention for sizes above training.
+
+        ``train_size``: the training resolution in pixels ``(height, width)`` (default: the model's size);
+        ``kwargs`` as in :func:`vidgen.attention.apply_freeswim`.
+        """
+        _, h, w = self.default_video_size if train_size is None else (None, *train_size)
+        s = self.vae_spatial_compression_ratio * self.patch_size[1]
+        if h % s or w % s:
+            raise ValueError(f"train_size must be multiples of {s} pixels; got {(h, w)}")
+        apply_freeswim(self.transformer, train_size=(h // s, w // s), **kwargs)
+
+    def disable_freeswim(self) -> None:
+        if isinstance(installed_attention(self.transformer), FreeSwim):
+            reset_attention(self.transformer)
 
     def run_callback(self, callback, step: int, t, tensor_names, local_vars: dict) -> dict:
         """diffusers' ``callback_on_step_end`` protocol: the callback may replace the named tensors."""

@@ -39,13 +39,6 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
     :class:`VidGenPipeline`; switch with ``VidGenMaskedVideoPipeline.from_pipe(pipe)``.
     """
 
-    def video_to_pixels(self, video, height: int, width: int) -> torch.Tensor:
-        """Frames (list of PIL, ``(F, H, W, 3)`` array or ``(F, 3, H, W)`` tensor in [0, 1]) -> ``(1, 3, F, H, W)``."""
-        if isinstance(video, np.ndarray) and video.dtype == np.uint8:
-            video = video.astype(np.float32) / 255
-        pixels = self.video_processor.preprocess_video(video, height=height, width=width)  # (1, 3, F, H, W)
-        return pixels
-
     def pixel_mask(self, mask: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Latent mask ``(F, H, W)`` -> pixel mask ``(num_frames, H*s, W*s)``: pixel frame 0 belongs to latent
         frame 0, pixel frame f > 0 to latent frame ``(f + t - 1) // t``."""

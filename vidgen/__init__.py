@@ -4,13 +4,14 @@ from pathlib import Path as _Path
 
 from diffusers import ModelMixin, SchedulerMixin  # noqa: F401  (looked up by diffusers' loader)
 
-from . import _diffusers_loading
+from . import _diffusers_loading, attention  # noqa: F401  (vidgen.attention: sparse and window attention)
 from .models import KVCache, VidGenTransformer3DModel, VidGenVideoAutoencoder, make_vae
 from .pipelines import (
     VidGenImageToVideoPipeline,
     VidGenMaskedVideoPipeline,
     VidGenPipeline,
     VidGenPipelineOutput,
+    VidGenVideoToVideoPipeline,
 )
 from .schedulers import VidGenFlowMatchScheduler
 from .video_io import export_to_video, load_image, load_video
@@ -30,6 +31,7 @@ __all__ = [
     "VidGenPipelineOutput",
     "VidGenTransformer3DModel",
     "VidGenVideoAutoencoder",
+    "VidGenVideoToVideoPipeline",
     "export_to_video",
     "load_image",
     "load_video",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("sdpa", "xformers", "flex")
+ATTENTION_CHOICES = ATTENTION_BACKENDS + ("draft",)  # draft: DraftAttention block-sparse on the sdpa backend
 
 
 class CLIError(Exception):
@@ -58,7 +59,23 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--output", required=True, help="output .mp4, .gif, or folder of PNGs (no extension)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa", help="attention backend")
+    p.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        default="sdpa",
+        help="attention backend, or draft (DraftAttention)",
+    )
+    p.add_argument(
+        "--sparsity", type=float, default=0.9, help="DraftAttention: tile pairs skipped (default 0.9)"
+    )
+    p.add_argument("--freeswim", action="store_true", help="FreeSwim inward windows for sizes above training")
+    p.add_argument(
+        "--freeswim-recipe", choices=("upscale", "noise"), default="upscale",
+        help="t2v with --freeswim: generate at the model's size, upscale, denoise again (default); or from noise",
+    )  # fmt: skip
+    p.add_argument(
+        "--strength", type=float, default=0.7, help="--freeswim upscale recipe: re-noising strength"
+    )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype (default float32)")
 
@@ -135,6 +152,19 @@ def _set_attention(pipe, backend: str) -> None:
         pipe.transformer.set_attention_backend(backend)
 
 
+def _set_attention_kind(pipe, args) -> None:
+    if args.attention == "draft" and args.freeswim:
+        raise CLIError("--attention draft and --freeswim cannot be combined; choose one")
+    if args.attention == "draft":
+        if not 0 <= args.sparsity < 1:
+            raise CLIError(f"--sparsity must be in [0, 1); got {args.sparsity}")
+        pipe.enable_draft_attention(sparsity=args.sparsity)
+    if args.freeswim:
+        if not 0 < args.strength <= 1:
+            raise CLIError(f"--strength must be in (0, 1]; got {args.strength}")
+        pipe.enable_freeswim()
+
+
 def _check_device(args) -> None:
     import torch
 
@@ -177,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         load_image,
         load_video,
     )
+    from .pipelines import generate_high_resolution
 
     if args.command == "eval":
         return run_eval(args)
@@ -201,21 +232,27 @@ def run(args: argparse.Namespace) -> int:
             "interpolate": VidGenMaskedVideoPipeline,
         }
         pipe = _load_pipeline(cls.get(args.command, VidGenPipeline), args.model, args.dtype, device)
-        _set_attention(pipe, args.attention)
+        _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)
+        _set_attention_kind(pipe, args)
         fps = args.fps or pipe.default_frame_rate
-        video = pipe(
-            prompt=args.prompt,
+        common = dict(
             negative_prompt=args.negative_prompt,
-            height=args.height,
-            width=args.width,
             num_frames=args.frames,
             frame_rate=fps,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
             generator=torch.Generator().manual_seed(args.seed),
-            output_type="np",
-            **extra,
-        ).frames[0]
+        )
+        if args.command == "t2v" and args.freeswim and args.freeswim_recipe == "upscale":
+            _, h, w = pipe.default_video_size
+            video = generate_high_resolution(
+                pipe, args.prompt, args.height or h, args.width or w, strength=args.strength, **common
+            )
+            video = video.permute(0, 2, 3, 1).cpu().float().numpy()  # (F, H, W, 3)
+        else:
+            video = pipe(
+                prompt=args.prompt, height=args.height, width=args.width, output_type="np", **common, **extra
+            ).frames[0]
         path = export_to_video(video, args.output, fps=fps, overwrite=args.overwrite)
         print(f"wrote {path} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]}, {fps:g} fps)")
     state.wait_for_everyone()
