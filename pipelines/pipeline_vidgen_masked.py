@@ -15,7 +15,6 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .. import masks as vdt_masks
 from .common import VidGenPipelineBase, VidGenPipelineOutput
 
 TASKS = ("predict", "backward_predict", "interpolate", "complete", "animate", "unconditional")
@@ -29,13 +28,16 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
 
     - ``predict``: the first ``given_frames`` pixel frames are given (default 5);
     - ``backward_predict``: the last ``given_frames`` pixel frames are given;
-    - ``interpolate``: every ``every``-th *latent* frame is given (``every * temporal_compression`` pixel
-      frames apart);
+    - ``interpolate``: every ``every``-th pixel frame is given (default 4), starting with frame 0;
     - ``animate``: the first frame is given (image-to-video through the masked path);
     - ``complete``: an explicit ``mask`` (spatial-temporal completion);
     - ``unconditional``: nothing is given (text-to-video).
 
-    A latent frame counts as given only if every pixel frame it encodes is given. Same components as
+    A latent frame is given (kept clean at timestep 0) when every pixel frame it encodes is given. Given
+    pixel frames inside a generated latent frame (every 4th frame of a 4x temporally compressed latent)
+    steer the sampler by pixel replacement: at each step the predicted clean video is decoded, the given
+    frames are pasted in, and it is re-encoded; the velocity is corrected toward that clean latent.
+    Same components as
     :class:`VidGenPipeline`; switch with ``VidGenMaskedVideoPipeline.from_pipe(pipe)``.
     """
 
@@ -56,31 +58,55 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
             return array
         return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in v] for v in array]
 
-    def task_mask(self, task: str, grid, num_frames: int, given_frames: int | None, every: int | None):
+    def latent_frames_of(self, num_frames: int) -> torch.Tensor:
+        """``(num_frames,)``: the latent frame that encodes each pixel frame (frame 0 alone, then groups of t)."""
         t = self.vae_temporal_compression_ratio
+        return (torch.arange(num_frames) + t - 1) // t
+
+    def task_mask(self, task: str, grid, num_frames: int, given_frames: int | None, every: int | None):
+        """The latent mask ``(F, H, W)`` (1 = generate) and the given pixel frames ``(num_frames,)`` bool."""
+        given = torch.zeros(num_frames, dtype=torch.bool)
         if task in ("predict", "backward_predict"):
             given_frames = 5 if given_frames is None else given_frames
             if not 1 <= given_frames < num_frames:
                 raise ValueError(
                     f"given_frames must be in [1, num_frames - 1] = [1, {num_frames - 1}]; got {given_frames}"
                 )
-            # Latent frame 0 encodes pixel frame 0; latent k encodes pixel frames 4k-3 .. 4k (t = 4).
-            latent_given = 1 + (given_frames - 1) // t if task == "predict" else given_frames // t
-            if latent_given < 1:
-                raise ValueError(
-                    f"given_frames={given_frames} covers no whole latent frame; give at least {t} frames"
-                )
-            return vdt_masks.task_mask(task, grid, given=latent_given)
-        if task == "interpolate":
-            every = 2 if every is None else every
-            if every < 2:
-                raise ValueError(f"every must be >= 2 (latent frames between given ones); got {every}")
-            return vdt_masks.interpolation_mask(grid, every)
-        if task == "animate":
-            return vdt_masks.single_frame_mask(grid, 0)
-        if task == "unconditional":
-            return vdt_masks.unconditional_mask(grid)
-        raise ValueError(f"task 'complete' needs an explicit mask of shape {tuple(grid)}")
+            given[:given_frames] = True
+            given = given if task == "predict" else given.flip(0)
+        elif task == "interpolate":
+            every = 4 if every is None else every
+            if not 2 <= every < num_frames:
+                raise ValueError(f"every must be in [2, num_frames - 1] = [2, {num_frames - 1}]; got {every}")
+            given[::every] = True
+        elif task == "animate":
+            given[0] = True
+        elif task == "complete":
+            raise ValueError(f"task 'complete' needs an explicit mask of shape {tuple(grid)}")
+        # A latent frame is given when all the pixel frames it encodes are.
+        latent_of = self.latent_frames_of(num_frames)
+        latent_given = torch.tensor([bool(given[latent_of == k].all()) for k in range(grid[0])])
+        if task in ("predict", "backward_predict") and not latent_given.any():
+            t = self.vae_temporal_compression_ratio
+            raise ValueError(
+                f"given_frames={given_frames} covers no whole latent frame; give at least {t} frames"
+            )
+        mask = (~latent_given).float()[:, None, None].expand(grid).clone()
+        return mask, given
+
+    def pixel_guidance(self, latents, v, token_t, grid, pixels, frames: torch.Tensor) -> torch.Tensor:
+        """Correct the velocity so the predicted clean video shows the given pixel ``frames`` (bool, pixel
+        frame axis) of ``pixels`` ``(1, 3, F, H, W)``: decode the prediction, paste, re-encode."""
+        sigma = (token_t / 1000)[..., None]  # (B, N, 1)
+        x0 = latents - sigma * v  # predicted clean latents
+        z = self.denormalize_latents(self.unpack_latents(x0, grid)).to(self.vae.dtype)
+        timestep = torch.zeros(len(z), device=z.device) if self.vae.config.timestep_conditioning else None
+        video = self.vae.decode(z, timestep, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+        video[:, :, frames] = pixels[:, :, frames].to(video.dtype)
+        x0_fixed = self.pack_latents(
+            self.normalize_latents(self.vae.encode(video).latent_dist.mode().float())
+        )
+        return torch.where(sigma > 0, v + (x0 - x0_fixed) / sigma.clamp_min(1e-6), v)
 
     @torch.no_grad()
     def __call__(
@@ -134,8 +160,9 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
             None, generator, 1, output_type, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         grid = self.latent_grid(num_frames, height, width)
+        given_pixels = None
         if mask is None:
-            mask = self.task_mask(task, grid, num_frames, given_frames, every)
+            mask, given_pixels = self.task_mask(task, grid, num_frames, given_frames, every)
         elif tuple(mask.shape) != grid:
             raise ValueError(f"mask must have the latent grid's shape {grid}; got {tuple(mask.shape)}")
         device = self._execution_device
@@ -160,6 +187,11 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
         m = mask.to(device)[None, None].float()  # (1, 1, F, H, W)
         latents = self.pack_latents(given * (1 - m) + noise * m)  # (B, N, C)
         token_mask = self.pack_latents(m.expand(B, 1, *grid)).squeeze(-1)  # (B, N), 1 = generate
+        # Given pixel frames inside generated latent frames steer the sampler by pixel replacement.
+        steer = None
+        if given_pixels is not None:
+            steer = given_pixels & (mask.flatten(1).amax(1) > 0)[self.latent_frames_of(num_frames)]
+            steer = steer if steer.any() else None
 
         # 4. Timesteps, shifted by the token count.
         self.scheduler.set_timesteps(num_inference_steps, device=device, num_tokens=latents.shape[1])
@@ -176,9 +208,10 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
                     latents, token_t, prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale, 0.0,
                     attention_kwargs,
                 )  # fmt: skip
-                latents = self.scheduler.step(v, t, latents, per_token_timesteps=token_t, return_dict=False)[
-                    0
-                ]
+                if steer is not None:
+                    v = self.pixel_guidance(latents, v, token_t, grid, pixels, steer)
+                latents = self.scheduler.step(v, t, latents, per_token_timesteps=token_t, return_dict=False)
+                latents = latents[0]
                 outputs = self.run_callback(
                     callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, locals()
                 )
@@ -192,9 +225,10 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
         )  # fmt: skip
         if output_type != "latent":
             if video is not None:
-                keep = self.pixel_mask(mask, num_frames).to(device)[
-                    None, :, None
-                ]  # (1, F, 1, H, W), 1 = generated
+                keep = self.pixel_mask(mask, num_frames).to(device)  # (F, H, W), 1 = generated
+                if given_pixels is not None:
+                    keep[given_pixels] = 0  # every given pixel frame comes back as it was
+                keep = keep[None, :, None]  # (1, F, 1, H, W)
                 original = (pixels.float().permute(0, 2, 1, 3, 4) + 1) / 2  # (1, F, 3, H, W) in [0, 1]
                 video_out = video_out * keep + original * (1 - keep)
             video_out = self.to_output_type(video_out, output_type)

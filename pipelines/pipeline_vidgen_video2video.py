@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..attention import installed_attention
+from ..attention.freeswim import FreeSwim
 from .common import VidGenPipelineBase, VidGenPipelineOutput
 
 
@@ -128,7 +130,8 @@ def generate_high_resolution(
 ) -> torch.Tensor:
     """FreeSwim's high-resolution recipe with ``pipe``'s components; returns ``(F, 3, height, width)`` in [0, 1].
 
-    ``recipe="upscale"`` (the official recipe): generate at the training size, upscale bilinearly,
+    ``recipe="upscale"`` (the official recipe): generate at the training size (the largest size within
+    it with the target's aspect ratio), upscale bilinearly,
     then denoise again at the target size from ``strength`` with FreeSwim's windows. ``recipe="noise"``:
     generate at the target size from noise with FreeSwim's windows. ``kwargs`` go to both calls
     (``num_inference_steps``, ``guidance_scale``, ``generator`` seeds, ...). Enable FreeSwim first
@@ -143,8 +146,16 @@ def generate_high_resolution(
         p.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     if recipe == "noise":
         return t2v(prompt, height=height, width=width, output_type="pt", **kwargs).frames[0]
-    # 1. The native pass (FreeSwim is dense at the training size).
-    low = t2v(prompt, output_type="pt", **kwargs).frames[0]  # (F, 3, h, w)
+    # 1. The native pass, at the largest multiple of the latent stride within the training size that
+    #    keeps the target's aspect ratio (FreeSwim is dense there).
+    _, train_h, train_w = pipe.default_video_size
+    kind = installed_attention(pipe.transformer)
+    stride = pipe.vae_spatial_compression_ratio * pipe.patch_size[1]
+    if isinstance(kind, FreeSwim):
+        train_h, train_w = (n * stride for n in kind.config.train_size)
+    scale = min(train_h / height, train_w / width, 1.0)
+    low_h, low_w = (max(stride, int(n * scale) // stride * stride) for n in (height, width))
+    low = t2v(prompt, height=low_h, width=low_w, output_type="pt", **kwargs).frames[0]  # (F, 3, h, w)
     # 2. Upscale.
     up = F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
     # 3. Denoise again at the target size from `strength`.

@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel
-from vidgen.schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
 
 from vidgen import VidGenPipeline, VidGenTransformer3DModel
 from vidgen.data import shapes
 from vidgen.data.text import word_tokenizer
 from vidgen.masks import sample_training_mask
 from vidgen.models.autoencoder import VidGenVideoAutoencoder
+from vidgen.schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
 
 VAE_CONFIG = dict(latent_channels=16, block_out_channels=(32, 48, 64), patch_size=2)
 DIT_CONFIG = dict(

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import LTXVideoTransformer3DModel, WanTransformer3DModel
-from vidgen.pipelines import generate_high_resolution
 
 from vidgen import VidGenPipeline, VidGenVideoToVideoPipeline
 from vidgen.attention import (
@@ -21,6 +20,7 @@ from vidgen.attention import (
     window_pattern,
 )
 from vidgen.models.block_sparse import BlockSparsePattern, sparse_attention, tile_tokens
+from vidgen.pipelines import generate_high_resolution
 from vidgen.testing import randomize_, tiny_components, tiny_transformer
 
 KERNELS = ["gather", "flex"]

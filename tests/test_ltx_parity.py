@@ -10,9 +10,9 @@ from diffusers import (
     LTXPipeline,
     LTXVideoTransformer3DModel,
 )
-from vidgen.schedulers import LTX_SCHEDULER_CONFIG
 
 from vidgen import VidGenImageToVideoPipeline, VidGenPipeline, make_vae
+from vidgen.schedulers import LTX_SCHEDULER_CONFIG
 from vidgen.testing import randomize_, tiny_t5, word_tokenizer
 
 SETTINGS = dict(

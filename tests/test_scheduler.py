@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
 from vidgen.schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
 
 

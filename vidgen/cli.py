@@ -70,7 +70,7 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
     )
     p.add_argument("--freeswim", action="store_true", help="FreeSwim inward windows for sizes above training")
     p.add_argument(
-        "--freeswim-recipe", choices=("upscale", "noise"), default="upscale",
+        "--freeswim-recipe", choices=("upscale", "noise"), default=None,
         help="t2v with --freeswim: generate at the model's size, upscale, denoise again (default); or from noise",
     )  # fmt: skip
     p.add_argument(
@@ -155,13 +155,25 @@ def _set_attention(pipe, backend: str) -> None:
 def _set_attention_kind(pipe, args) -> None:
     if args.attention == "draft" and args.freeswim:
         raise CLIError("--attention draft and --freeswim cannot be combined; choose one")
+    if args.sparsity is not None and args.attention != "draft":
+        raise CLIError("--sparsity applies to --attention draft only")
+    if (args.strength is not None or args.freeswim_recipe is not None) and not args.freeswim:
+        raise CLIError("--strength and --freeswim-recipe apply to --freeswim only")
     if args.attention == "draft":
-        if not 0 <= args.sparsity < 1:
-            raise CLIError(f"--sparsity must be in [0, 1); got {args.sparsity}")
-        pipe.enable_draft_attention(sparsity=args.sparsity)
+        sparsity = 0.9 if args.sparsity is None else args.sparsity
+        if not 0 <= sparsity < 1:
+            raise CLIError(f"--sparsity must be in [0, 1); got {sparsity}")
+        pipe.enable_draft_attention(sparsity=sparsity)
     if args.freeswim:
-        if not 0 < args.strength <= 1:
+        _, h, w = pipe.default_video_size
+        if (args.height or h) <= h and (args.width or w) <= w:
+            raise CLIError(
+                f"--freeswim is for sizes above the model's {h}x{w}: pass a larger --height or --width"
+            )
+        if args.strength is not None and not 0 < args.strength <= 1:
             raise CLIError(f"--strength must be in (0, 1]; got {args.strength}")
+        if args.strength is not None and args.command != "t2v":
+            raise CLIError("--strength applies to t2v (the upscale recipe) only")
         pipe.enable_freeswim()
 
 
@@ -243,10 +255,11 @@ def run(args: argparse.Namespace) -> int:
             guidance_scale=args.guidance,
             generator=torch.Generator().manual_seed(args.seed),
         )
-        if args.command == "t2v" and args.freeswim and args.freeswim_recipe == "upscale":
+        if args.command == "t2v" and args.freeswim and args.freeswim_recipe != "noise":
             _, h, w = pipe.default_video_size
+            strength = 0.7 if args.strength is None else args.strength
             video = generate_high_resolution(
-                pipe, args.prompt, args.height or h, args.width or w, strength=args.strength, **common
+                pipe, args.prompt, args.height or h, args.width or w, strength=strength, **common
             )
             video = video.permute(0, 2, 3, 1).cpu().float().numpy()  # (F, H, W, 3)
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -36,15 +36,16 @@ class KindState:
     grid: tuple[int, int, int] | None = None  # latent token grid (F, H, W)
     timestep: float = 1000.0  # the largest timestep of the call, on the [0, 1000] scale
     step: int = -1  # denoising step: counts timestep changes; restarts when the timestep goes up
+    call: int = 0  # index of this call within its step (separate conditional / unconditional calls)
     batch: int = 0  # rows of the caller's batch (before any duplication)
-    extras: dict = field(default_factory=dict)
+    context: str | None = None  # diffusers' cache_context name of the call ("cond", "uncond", ...), if any
 
 
 class AttentionKind:
     """An attention kind: self-attention replaced, cross-attention optionally post-processed.
 
-    ``self_attention(q, k, v, layer)`` takes ``(B, N, H, D)`` queries, keys and values after RoPE and
-    returns ``(B, N, H, D)``. ``after_cross_attention(out, layer)`` may rewrite the text
+    ``self_attention(q, k, v, layer, dense)`` takes ``(B, N, H, D)`` queries, keys and values after RoPE
+    and returns ``(B, N, H, D)``; ``dense(q, k, v)`` is the layer's own dense attention (its backend). ``after_cross_attention(out, layer)`` may rewrite the text
     cross-attention output ``(B, N, D)``. Subclasses may also rewrite the transformer's inputs and
     output around each call (``adjust_inputs`` / ``adjust_output``).
     """
@@ -56,6 +57,11 @@ class AttentionKind:
 
     # -- hooks -----------------------------------------------------------------------------------
     def pre_forward(self, transformer, args, kwargs):
+        if torch.is_grad_enabled() and getattr(transformer, "gradient_checkpointing", False):
+            raise ValueError(
+                "attention kinds are for inference: disable gradient checkpointing (their per-call state "
+                "would differ when the forward is recomputed)"
+            )
         bound = inspect.signature(transformer.forward).bind(*args, **kwargs)
         values = bound.arguments
         hidden = values["hidden_states"]
@@ -63,9 +69,11 @@ class AttentionKind:
         t = values.get("timestep")
         t = float(t.max()) if isinstance(t, torch.Tensor) else float(t if t is not None else 1000.0)
         if t > self.state.timestep or self.state.step < 0:
-            self.state.step = 0
+            self.state.step, self.state.call = 0, 0
         elif t != self.state.timestep:
-            self.state.step += 1
+            self.state.step, self.state.call = self.state.step + 1, 0
+        else:
+            self.state.call += 1
         self.state.timestep = t
         self.state.batch = hidden.shape[0]
         if self.adjust_inputs(values):
@@ -83,8 +91,8 @@ class AttentionKind:
         return output
 
     # -- attention -------------------------------------------------------------------------------
-    def self_attention(self, q, k, v, layer: int) -> torch.Tensor:
-        return attention(q, k, v)
+    def self_attention(self, q, k, v, layer: int, dense=attention) -> torch.Tensor:
+        return dense(q, k, v)
 
     def after_cross_attention(self, out: torch.Tensor, layer: int) -> torch.Tensor:
         return out

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.attention import attention
-from ..models.block_sparse import BlockSparsePattern, Tiling, tile_tokens
+from ..models.block_sparse import BlockSparsePattern, Tiling, check_kernel, tile_tokens
 from .base import AttentionKind
 
 
@@ -44,17 +44,18 @@ class DraftAttentionConfig:
         self.tile = (int(self.tile[0]), int(self.tile[1]))
         if self.dense_blocks < 0:
             raise ValueError(f"dense_blocks must be >= 0; got {self.dense_blocks}")
+        check_kernel(self.kernel)
 
 
 def draft_pattern(
     q: torch.Tensor, k: torch.Tensor, tiling: Tiling, cfg: DraftAttentionConfig
 ) -> BlockSparsePattern:
     """The kept tile pairs for ``(B, N, H, D)`` queries and keys: ``kept`` is ``(B, H, T, T)``."""
-    valid = tiling.valid.to(q.device).view(tiling.num_tiles, tiling.block_size, 1).to(q.dtype)  # (T, P, 1)
+    valid = tiling.valid.view(tiling.num_tiles, tiling.block_size, 1).float()  # (T, P, 1)
     count = valid.sum(1)  # (T, 1) real tokens per tile
 
-    def pool(x):  # (B, N, H, D) -> (B, H, T, D): the mean over each tile's real tokens
-        return (tiling.to_tiles(x) * valid).sum(3) / count
+    def pool(x):  # (B, N, H, D) -> (B, H, T, D): the mean over each tile's real tokens, in fp32
+        return (tiling.to_tiles(x).float() * valid).sum(3) / count
 
     qd, kd = pool(q), pool(k)
     draft = torch.softmax(qd @ kd.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)  # (B, H, T, T)
@@ -75,14 +76,14 @@ class DraftAttention(AttentionKind):
     def __init__(self, config: DraftAttentionConfig):
         super().__init__()
         self.config = config
-        self.last_kept_fraction: float | None = None  # of the last sparse call, for reports
+        self.last_pattern: BlockSparsePattern | None = None  # of the last sparse call, for reports
 
     def is_sparse(self, layer: int) -> bool:
         return layer >= self.config.dense_blocks and self.state.timestep <= self.config.dense_timestep
 
-    def self_attention(self, q, k, v, layer: int) -> torch.Tensor:
+    def self_attention(self, q, k, v, layer: int, dense=attention) -> torch.Tensor:
         if not self.is_sparse(layer):
-            return attention(q, k, v)
-        pattern = draft_pattern(q, k, tile_tokens(self.state.grid, self.config.tile), self.config)
-        self.last_kept_fraction = float(pattern.kept_fraction().mean())
+            return dense(q, k, v)
+        pattern = draft_pattern(q, k, tile_tokens(self.state.grid, self.config.tile, q.device), self.config)
+        self.last_pattern = pattern
         return attention(q, k, v, pattern)

@@ -24,8 +24,14 @@ from dataclasses import dataclass
 import torch
 
 from ..models.attention import attention
-from ..models.block_sparse import BlockSparsePattern, Tiling, tile_tokens
+from ..models.block_sparse import BlockSparsePattern, Tiling, check_kernel, tile_tokens
 from .base import _CONDITIONAL_ROWS, AttentionKind
+
+# Per model family, the forward arguments that carry the batch (the dual path doubles them).
+BATCHED_ARGUMENTS = (
+    "hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "video_coords",
+    "encoder_hidden_states_image",
+)  # fmt: skip
 
 
 @dataclass
@@ -46,6 +52,7 @@ class FreeSwimConfig:
         self.train_size = (int(self.train_size[0]), int(self.train_size[1]))
         if self.cache_steps < 1:
             raise ValueError(f"cache_steps must be >= 1; got {self.cache_steps}")
+        check_kernel(self.kernel)
         if self.tile is None:
             self.tile = (max(1, min(8, self.train_size[0] // 2)), max(1, min(16, self.train_size[1] // 2)))
 
@@ -90,11 +97,11 @@ def window_tiles(tiling: Tiling, window: tuple[int, int], inward: bool) -> torch
     return spatial[None, :, None, :].expand(F_, S, F_, S).reshape(1, 1, F_ * S, F_ * S)
 
 
-def window_pattern(grid, window, inward: bool, tile, kernel="auto") -> BlockSparsePattern:
-    tiling = tile_tokens(grid, tile)
-    return BlockSparsePattern(
-        tiling, window_tiles(tiling, window, inward), window_rule(grid, window, inward), kernel
-    )
+def window_pattern(grid, window, inward: bool, tile, kernel="auto", device="cpu") -> BlockSparsePattern:
+    """The (inward or naive) window pattern of ``grid``, tiled by ``tile``, with tensors on ``device``."""
+    tiling = tile_tokens(grid, tile, device)
+    kept = window_tiles(tile_tokens(grid, tile), window, inward).to(device)
+    return BlockSparsePattern(tiling, kept, window_rule(grid, window, inward), kernel)
 
 
 class FreeSwim(AttentionKind):
@@ -107,7 +114,9 @@ class FreeSwim(AttentionKind):
         self.config = config
         self.dual = False  # this call runs the full branch (rows [batch:] of the doubled batch)
         self.rows = torch.zeros(0, dtype=torch.long)  # conditional rows of the caller's batch
-        self.cache: dict[int, torch.Tensor] = {}  # layer -> full branch's cross-attention output
+        # (call slot, layer) -> full branch's cross-attention output; the slot tells apart the calls of a
+        # step (separate conditional and unconditional calls must not share their cache).
+        self.cache: dict[tuple, torch.Tensor] = {}
         self._pattern: tuple | None = None
 
     def windowed(self) -> bool:
@@ -115,19 +124,34 @@ class FreeSwim(AttentionKind):
         return H > self.config.train_size[0] or W > self.config.train_size[1]
 
     # -- the dual path: double the conditional rows, keep the window branch's output ---------------
+    def conditional(self, batch: int) -> torch.Tensor:
+        """Indices of the conditional rows of this call: vidgen's pipelines say so through
+        :func:`~vidgen.attention.conditional_rows`; diffusers' pipelines that guide with separate calls
+        name them ``"cond"`` / ``"uncond"`` (``cache_context``); otherwise every row counts."""
+        flags = _CONDITIONAL_ROWS.get()
+        if flags is not None:
+            if len(flags) != batch:
+                raise ValueError(f"conditional_rows has {len(flags)} entries for a batch of {batch}")
+            return flags.nonzero()[:, 0].cpu()
+        if self.state.context == "uncond":
+            return torch.zeros(0, dtype=torch.long)
+        return torch.arange(batch)
+
     def adjust_inputs(self, values: dict) -> bool:
         B = self.state.batch
-        flags = _CONDITIONAL_ROWS.get()
-        self.rows = torch.arange(B) if flags is None else flags.nonzero()[:, 0].cpu()
-        if self.state.step == 0:
+        self.rows = self.conditional(B)
+        if self.state.step == 0 and self.state.call == 0:
             self.cache.clear()
         guide = self.state.step % self.config.cache_steps == 0
         self.dual = self.config.dual_path and self.windowed() and guide and len(self.rows) > 0
         if not self.dual:
             return False
-        for name, value in values.items():
+        for name in BATCHED_ARGUMENTS:
+            value = values.get(name)
             if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == B:
                 values[name] = torch.cat([value, value[self.rows.to(value.device)]])
+            elif isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] != 1:
+                raise ValueError(f"FreeSwim's dual path: {name} has batch {value.shape[0]}, expected {B}")
         return True
 
     def adjust_output(self, output):
@@ -147,25 +171,29 @@ class FreeSwim(AttentionKind):
         n_train = self.config.train_size[0] * self.config.train_size[1]
         return math.sqrt(math.log(H * W) / math.log(n_train)) if n_train > 1 else 1.0
 
-    def pattern(self) -> BlockSparsePattern:
+    def pattern(self, device) -> BlockSparsePattern:
         cfg = self.config
-        key = (self.state.grid, cfg.train_size, cfg.inward, cfg.tile, cfg.kernel)
+        key = (self.state.grid, cfg.train_size, cfg.inward, cfg.tile, cfg.kernel, str(device))
         if self._pattern is None or self._pattern[0] != key:
+            grid = self.state.grid
             self._pattern = (
                 key,
-                window_pattern(self.state.grid, cfg.train_size, cfg.inward, cfg.tile, cfg.kernel),
+                window_pattern(grid, cfg.train_size, cfg.inward, cfg.tile, cfg.kernel, device),
             )
         return self._pattern[1]
 
-    def self_attention(self, q, k, v, layer: int) -> torch.Tensor:
+    def slot(self):
+        return self.state.context if self.state.context is not None else self.state.call
+
+    def self_attention(self, q, k, v, layer: int, dense=attention) -> torch.Tensor:
         if not self.windowed():
-            return attention(q, k, v)
+            return dense(q, k, v)
         q = q * self.temperature_factor()
         if not self.dual:
-            return attention(q, k, v, self.pattern())
+            return attention(q, k, v, self.pattern(q.device))
         B = self.state.batch  # rows [:B] window branch, [B:] full branch
-        window = attention(q[:B], k[:B], v[:B], self.pattern())
-        return torch.cat([window, attention(q[B:], k[B:], v[B:])])
+        window = attention(q[:B], k[:B], v[:B], self.pattern(q.device))
+        return torch.cat([window, dense(q[B:], k[B:], v[B:])])
 
     def after_cross_attention(self, out: torch.Tensor, layer: int) -> torch.Tensor:
         if not self.windowed():
@@ -174,9 +202,9 @@ class FreeSwim(AttentionKind):
         if self.dual:
             full = out[B:]
             if self.config.cache_steps > 1:
-                self.cache[layer] = full
+                self.cache[self.slot(), layer] = full
             return torch.cat([out[:B].index_copy(0, rows, full), full])
-        cached = self.cache.get(layer)
+        cached = self.cache.get((self.slot(), layer))
         if cached is not None and cached.shape[0] == len(rows) and cached.shape[1:] == out.shape[1:]:
             return out.index_copy(0, rows, cached.to(out.dtype))
         return out

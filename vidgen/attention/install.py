@@ -12,10 +12,12 @@ rewriting the kind did (FreeSwim's dual path).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 from diffusers import LTXVideoTransformer3DModel, WanTransformer3DModel
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
 from diffusers.models.transformers.transformer_ltx import apply_rotary_emb as ltx_rotary
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
@@ -33,6 +35,17 @@ class _Installed:
     kind: AttentionKind
     hooks: list = field(default_factory=list)
     processors: dict | None = None  # the diffusers model's original processors
+    cache_context: object | None = None  # the wrapper of the model's cache_context, removed on reset
+
+
+class _DiffusersDense:
+    """Dense attention through the processor's own diffusers backend (``set_attention_backend``)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, q, k, v):
+        return dispatch_attention_fn(q, k, v, backend=self.processor._attention_backend)
 
 
 def _wan_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -64,7 +77,7 @@ class LTXKindProcessor(LTXVideoAttnProcessor):
         if image_rotary_emb is not None:
             q, k = ltx_rotary(q, image_rotary_emb), ltx_rotary(k, image_rotary_emb)
         q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))  # (B, N, H, D)
-        out = self.kind.self_attention(q, k, v, self.layer).flatten(2, 3).to(q.dtype)
+        out = self.kind.self_attention(q, k, v, self.layer, _DiffusersDense(self)).flatten(2, 3).to(q.dtype)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -86,7 +99,7 @@ class WanKindProcessor(WanAttnProcessor):
         q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))  # (B, N, H, D)
         if rotary_emb is not None:
             q, k = _wan_rotary(q, *rotary_emb), _wan_rotary(k, *rotary_emb)
-        out = self.kind.self_attention(q, k, v, self.layer).flatten(2, 3).type_as(q)
+        out = self.kind.self_attention(q, k, v, self.layer, _DiffusersDense(self)).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -108,6 +121,8 @@ def _install(transformer, kind: AttentionKind) -> None:
             block.attn2.kind = kind if kind.overrides_cross_attention else None
     else:
         installed.processors = dict(transformer.attn_processors)
+        if any(getattr(p, "_parallel_config", None) is not None for p in installed.processors.values()):
+            raise ValueError("attention kinds do not support context parallelism (each rank holds a shard)")
         cls = LTXKindProcessor if isinstance(transformer, LTXVideoTransformer3DModel) else WanKindProcessor
         new = {}
         for name, proc in installed.processors.items():
@@ -115,6 +130,9 @@ def _install(transformer, kind: AttentionKind) -> None:
             is_cross = ".attn2." in name
             new[name] = cls(kind, layer) if (not is_cross or kind.overrides_cross_attention) else proc
         transformer.set_attn_processor(new)
+        # diffusers' pipelines name their calls ("cond", "uncond", "cond_uncond") with cache_context.
+        if hasattr(transformer, "cache_context"):
+            installed.cache_context = _record_cache_context(transformer, kind)
     installed.hooks = [
         transformer.register_forward_pre_hook(lambda m, a, kw: kind.pre_forward(m, a, kw), with_kwargs=True),
         transformer.register_forward_hook(
@@ -122,6 +140,22 @@ def _install(transformer, kind: AttentionKind) -> None:
         ),
     ]
     transformer._vidgen_attention = installed
+
+
+def _record_cache_context(transformer, kind: AttentionKind):
+    original = transformer.cache_context  # bound method of the class
+
+    @contextlib.contextmanager
+    def cache_context(name: str, **kwargs):
+        kind.state.context = name
+        try:
+            with original(name, **kwargs):
+                yield
+        finally:
+            kind.state.context = None
+
+    transformer.cache_context = cache_context
+    return cache_context
 
 
 def installed_attention(transformer) -> AttentionKind | None:
@@ -142,6 +176,8 @@ def reset_attention(transformer) -> None:
             block.attn1.kind = block.attn2.kind = None
     else:
         transformer.set_attn_processor(installed.processors)
+        if installed.cache_context is not None:
+            del transformer.cache_context  # the class's method again
     del transformer._vidgen_attention
 
 
@@ -198,7 +234,8 @@ def apply_freeswim(
         sample_size = getattr(transformer.config, "sample_size", None)
         if not isinstance(transformer, VidGenTransformer3DModel) or sample_size is None:
             raise ValueError("train_size is required: the training token grid (rows, columns)")
-        train_size = tuple(sample_size[1:])
+        p = transformer.config.patch_size
+        train_size = (sample_size[1] // p, sample_size[2] // p)  # latent grid -> token grid
     kind = FreeSwim(
         FreeSwimConfig(tuple(train_size), inward, dual_path, cache_steps, temperature, tile, kernel)
     )

@@ -71,8 +71,15 @@ class Tiling:
 
 
 @functools.lru_cache(maxsize=64)
-def tile_tokens(grid: tuple[int, int, int], tile: tuple[int, int]) -> Tiling:
-    """The tiling of ``grid`` with tiles of ``tile`` tokens (clamped to the grid's height and width)."""
+def tile_tokens(
+    grid: tuple[int, int, int], tile: tuple[int, int], device: torch.device | str = "cpu"
+) -> Tiling:
+    """The tiling of ``grid`` with tiles of ``tile`` tokens (clamped to the grid's height and width), with
+    its index tensors on ``device`` (cached per grid, tile and device)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        t = tile_tokens(grid, tile)
+        return Tiling(t.grid, t.tile, *(x.to(device) for x in (t.order, t.inverse, t.valid, t.coords)))
     F_, H, W = grid
     th, tw = min(tile[0], H), min(tile[1], W)
     nh, nw = math.ceil(H / th), math.ceil(W / tw)
@@ -96,6 +103,14 @@ class BlockSparsePattern:
     kept: torch.Tensor  # (B or 1, H or 1, T, T) bool
     token_rule: TokenRule | None = None  # rule(q_coords, k_coords) -> may attend, inside kept pairs
     kernel: str = "auto"
+
+    def __post_init__(self):
+        T = self.tiling.num_tiles
+        if self.kept.dtype != torch.bool or self.kept.ndim != 4 or self.kept.shape[-2:] != (T, T):
+            raise ValueError(
+                f"kept must be a bool tensor (B or 1, H or 1, {T}, {T}); got {self.kept.dtype} {tuple(self.kept.shape)}"
+            )
+        check_kernel(self.kernel)
 
     def token_mask(self) -> torch.Tensor:
         """The pattern as a dense boolean mask ``(B or 1, H or 1, N, N)`` in the original token order."""
@@ -125,14 +140,31 @@ def _kernel(name):
     return decorator
 
 
-def sparse_attention(q, k, v, pattern: BlockSparsePattern, kernel: str | None = None) -> torch.Tensor:
-    """Attention of ``(B, N, H, D)`` tensors restricted to ``pattern``, with the named (or the pattern's) kernel."""
-    name = kernel or pattern.kernel
-    if name == "auto":
-        name = "flex" if q.is_cuda else "gather"
-    if name not in _KERNELS:
+def check_kernel(name: str) -> str:
+    if name != "auto" and name not in _KERNELS:
         raise ValueError(
             f"sparse attention kernel must be one of {sorted(_KERNELS) + ['auto']}; got {name!r}"
+        )
+    return name
+
+
+def sparse_attention(q, k, v, pattern: BlockSparsePattern, kernel: str | None = None) -> torch.Tensor:
+    """Attention of ``(B, N, H, D)`` tensors restricted to ``pattern``, with the named (or the pattern's) kernel.
+
+    ``"auto"``: FlexAttention on CUDA when the block size is a multiple of 128 (its compiled kernels'
+    tile), else the gather kernel.
+    """
+    name = check_kernel(kernel or pattern.kernel)
+    if name == "auto":
+        name = "flex" if q.is_cuda and pattern.tiling.block_size % 128 == 0 else "gather"
+    B, N, heads, _ = q.shape
+    if N != math.prod(pattern.tiling.grid):
+        raise ValueError(
+            f"q has {N} tokens but the pattern's grid {pattern.tiling.grid} has {math.prod(pattern.tiling.grid)}"
+        )
+    if pattern.kept.shape[0] not in (1, B) or pattern.kept.shape[1] not in (1, heads):
+        raise ValueError(
+            f"pattern.kept is for batch {pattern.kept.shape[0]} and {pattern.kept.shape[1]} heads; q has {B} and {heads}"
         )
     return _KERNELS[name](q, k, v, pattern)
 
@@ -187,27 +219,41 @@ def _gather(q, k, v, pattern, budget: int = 2**25):
     return t.from_tiles(out.view(B, heads, T, P, D))
 
 
+@functools.cache
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
 @_kernel("flex")
 def _flex(q, k, v, pattern):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
     t = pattern.tiling
-    P = t.block_size
+    P, T = t.block_size, t.num_tiles
     kept, valid, coords = pattern.kept.to(q.device), t.valid.to(q.device), t.coords.to(q.device)
-    per_batch, per_head = kept.shape[0] > 1, kept.shape[1] > 1
     rule = pattern.token_rule
+    per_batch, per_head = kept.shape[0] > 1, kept.shape[1] > 1
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b, h, q_idx, kv_idx):  # the whole pattern (uncompiled flex applies only this)
         ok = kept[b if per_batch else 0, h if per_head else 0, q_idx // P, kv_idx // P] & valid[kv_idx]
         if rule is not None:
             ok = ok & rule(coords[q_idx], coords[kv_idx])
         return ok
 
-    length = t.num_tiles * P
-    block_mask = create_block_mask(
-        mask_mod, B=kept.shape[0] if per_batch else None, H=kept.shape[1] if per_head else None,
-        Q_LEN=length, KV_LEN=length, device=q.device, BLOCK_SIZE=P,
+    # The BlockMask straight from the kept tile pairs (no dense (N, N) mask is built). The compiled
+    # kernel skips unkept blocks and calls mask_mod only on "partial" blocks: all kept blocks when
+    # tiles are ragged or a token rule refines them, none otherwise ("full" blocks).
+    counts = kept.sum(-1, dtype=torch.int32)  # (B', H', T)
+    indices = torch.argsort(kept.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+    partial = rule is not None or not bool(valid.all())
+    none = torch.zeros_like(counts)
+    block_mask = BlockMask.from_kv_blocks(
+        counts if partial else none, indices, None if partial else counts, None if partial else indices,
+        BLOCK_SIZE=P, mask_mod=mask_mod, seq_lengths=(T * P, T * P),
     )  # fmt: skip
+    attend = _compiled_flex_attention() if q.is_cuda else flex_attention
     qt, kt, vt = (t.to_tiles(x).flatten(2, 3) for x in (q, k, v))  # (B, H, T*P, D)
-    out = flex_attention(qt, kt, vt, block_mask=block_mask)  # (B, H, T*P, D)
-    return t.from_tiles(out.unflatten(2, (t.num_tiles, P)))
+    out = attend(qt, kt, vt, block_mask=block_mask)  # (B, H, T*P, D)
+    return t.from_tiles(out.unflatten(2, (T, P)))

@@ -160,7 +160,12 @@ class VidGenBlock(nn.Module):
         q, k, v = self.attn1.qkv(self.norm1(x) * (1 + scale) + shift)
         q, k = apply_rotary_emb(q, ctx.rope, sequence_dim=1), apply_rotary_emb(k, ctx.rope, sequence_dim=1)
         if self.layout == "full" and self.attn1.kind is not None:  # DraftAttention, FreeSwim
-            o = self.attn1.kind.self_attention(q, k, v, layer)
+            if ctx.kv_cache is not None:
+                raise ValueError("attention kinds (DraftAttention, FreeSwim) do not take a kv_cache")
+            backend = self.attn1.backend
+            o = self.attn1.kind.self_attention(
+                q, k, v, layer, lambda q, k, v: attention(q, k, v, None, backend)
+            )
         elif self.layout == "full":
             o = cached_self_attention(self.attn1, q, k, v, H * W, layer, ctx)
         else:
