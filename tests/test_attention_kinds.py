@@ -34,7 +34,9 @@ def _quiet_flex():
 
 
 def dense(q, k, v):
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(
+        1, 2
+    )
 
 
 def qkv(grid, batch=2, heads=3, dim=16, seed=0):
@@ -95,7 +97,9 @@ def test_sink_keeps_every_first_frame_tile():
 def test_sparsity_zero_equals_dense(kernel):
     grid = (3, 10, 13)  # ragged: 10x13 tokens in 4x8 tiles
     q, k, v = qkv(grid)
-    pattern = draft_pattern(q, k, tile_tokens(grid, (4, 8)), DraftAttentionConfig(sparsity=0.0, kernel=kernel))
+    pattern = draft_pattern(
+        q, k, tile_tokens(grid, (4, 8)), DraftAttentionConfig(sparsity=0.0, kernel=kernel)
+    )
     assert bool(pattern.kept.all())
     torch.testing.assert_close(sparse_attention(q, k, v, pattern), dense(q, k, v), atol=1e-5, rtol=1e-5)
 
@@ -118,7 +122,9 @@ def test_gather_kernel_handles_rows_of_different_widths_in_small_chunks():
     t = tile_tokens(grid, (4, 8))
     kept = torch.rand(2, 3, t.num_tiles, t.num_tiles, generator=torch.Generator().manual_seed(1)) < 0.3
     pattern = BlockSparsePattern(t, kept | torch.eye(t.num_tiles, dtype=torch.bool))
-    torch.testing.assert_close(_gather(q, k, v, pattern, budget=3000), _gather(q, k, v, pattern), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        _gather(q, k, v, pattern, budget=3000), _gather(q, k, v, pattern), atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(
         _gather(q, k, v, pattern), sparse_attention(q, k, v, pattern, "reference"), atol=1e-5, rtol=1e-5
     )
@@ -131,7 +137,9 @@ def test_draft_config_rejects_bad_values():
         DraftAttentionConfig(tile=(0, 4))
     with pytest.raises(ValueError, match="kernel must be one of"):
         q, k, v = qkv((1, 4, 4))
-        sparse_attention(q, k, v, BlockSparsePattern(tile_tokens((1, 4, 4), (2, 2)), torch.ones(1, 1, 4, 4) > 0), "x")
+        sparse_attention(
+            q, k, v, BlockSparsePattern(tile_tokens((1, 4, 4), (2, 2)), torch.ones(1, 1, 4, 4) > 0), "x"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,7 +173,10 @@ def test_window_sparse_path_equals_the_dense_masked_reference(kernel, inward):
     q, k, v = qkv(grid)
     pattern = window_pattern(grid, (6, 8), inward, (3, 4), kernel)
     torch.testing.assert_close(
-        sparse_attention(q, k, v, pattern), sparse_attention(q, k, v, pattern, "reference"), atol=1e-5, rtol=1e-5
+        sparse_attention(q, k, v, pattern),
+        sparse_attention(q, k, v, pattern, "reference"),
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -249,9 +260,9 @@ class CallLog:
     def __init__(self, kind):
         self.calls, self.kind, inner = [], kind, kind.self_attention
 
-        def spy(q, k, v, layer):
+        def spy(q, k, v, layer, dense):
             self.calls.append((q.shape[0], kind.dual))
-            return inner(q, k, v, layer)
+            return inner(q, k, v, layer, dense)
 
         kind.self_attention = spy
 
@@ -268,6 +279,48 @@ def test_freeswim_dual_path_runs_the_full_branch_on_conditional_rows_only_every_
     # Step 0 and 2 are guide steps: 2 rows + 1 conditional row in the full branch; step 1 is not.
     assert [c for c, _ in log.calls] == [3] * layers + [2] * layers + [3] * layers
     assert len(kind.cache) == layers
+
+
+def test_freeswim_reuses_the_cached_override_between_guide_steps():
+    outputs = {}
+    for dual in (True, False):
+        model = make("vidgen")
+        apply_freeswim(model, train_size=(6, 8), dual_path=dual, cache_steps=2)
+        run(model, t=900.0)  # guide step: fills the cache
+        outputs[dual] = run(model, t=800.0)  # no full branch; the cached cross-attention overrides
+    assert (outputs[True] - outputs[False]).abs().max() > 1e-4
+
+
+def test_freeswim_with_separate_conditional_and_unconditional_calls():
+    model = make("wan")  # diffusers' WanPipeline guides with two calls named by cache_context
+    kind = apply_freeswim(model, train_size=(6, 8), cache_steps=2)
+    log = CallLog(kind)
+    for t in (900.0, 800.0):
+        with model.cache_context("cond"):
+            run(model, t=t, batch=1)
+        with model.cache_context("uncond"):
+            run(model, t=t, batch=1)
+    layers = 2
+    # Step 0: the conditional call doubles its row (full branch), the unconditional one does not.
+    assert [c for c, _ in log.calls] == [2] * layers + [1] * layers + [1] * layers + [1] * layers
+    assert sorted({slot for slot, _ in kind.cache}) == ["cond"]
+    reset_attention(model)
+    assert "cache_context" not in vars(model)  # the class's method again
+
+
+@pytest.mark.parametrize("name", ["ltx", "wan"])
+def test_freeswim_windows_on_diffusers_models_match_the_reference_kernel(name):
+    outputs = []
+    for kernel in ("gather", "reference"):
+        model = make(name)
+        apply_freeswim(model, train_size=(6, 8), dual_path=False, kernel=kernel)
+        outputs.append(run(model))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_default_train_size_counts_tokens_after_patchify():
+    model = tiny_transformer(patch_size=2)  # sample_size (3, 8, 8) latent -> 4x4 tokens
+    assert apply_freeswim(model).config.train_size == (4, 4)
 
 
 def test_freeswim_cross_attention_override_changes_the_window_branch():
@@ -321,8 +374,17 @@ def test_video_to_video_runs_the_last_strength_fraction_of_the_steps(pipe):
     v2v = VidGenVideoToVideoPipeline(**pipe.components)
     v2v.set_progress_bar_config(disable=True)
     video = generate(pipe)
-    out = v2v(video, "a red circle moves right", strength=0.5, num_inference_steps=6, output_type="pt").frames[0]
+    out = v2v(
+        video, "a red circle moves right", strength=0.5, num_inference_steps=6, output_type="pt"
+    ).frames[0]
     assert out.shape == video.shape and v2v.num_timesteps == 3
+    clean = v2v.pack_latents(
+        v2v.normalize_latents(v2v.vae.encode(v2v.video_to_pixels(video, 32, 32)).latent_dist.mode())
+    )
+    near, far = (
+        v2v(video, "a", strength=s, num_inference_steps=20, output_type="latent").frames for s in (0.05, 1.0)
+    )
+    assert (near - clean).abs().mean() < 0.5 * (far - clean).abs().mean()  # low strength keeps the input
     with pytest.raises(ValueError, match="strength must be in"):
         v2v(video, "a", strength=0.0)
     with pytest.raises(ValueError, match="video is required"):

@@ -118,7 +118,7 @@ def test_predict_and_interpolate_keep_the_video_size(model_dir, tmp_path):
     source = tmp_path / "in.gif"
     clip = sample_clip(0, height=32, width=32)
     export_to_video(clip.frames, source, fps=8)
-    for command, flag in (("predict", ["--given", "5"]), ("interpolate", ["--every", "2"])):
+    for command, flag in (("predict", ["--given", "5"]), ("interpolate", ["--every", "4"])):
         out = tmp_path / f"{command}.gif"
         result = vidgen(
             command, "--model", model_dir, "--video", source, *flag, "--steps", 1, "--output", out
@@ -134,3 +134,25 @@ def test_predict_and_interpolate_keep_the_video_size(model_dir, tmp_path):
         "predict", "--model", model_dir, "--video", tmp_path / "missing.mp4", "--output", tmp_path / "p.gif"
     )
     assert result.returncode == 2 and "missing.mp4" in result.stderr
+
+
+def test_attention_kind_flags(model_dir, tmp_path):
+    common = ["--model", model_dir, "--prompt", "a red circle moves right", "--steps", 2, "--frames", 5]
+    out = tmp_path / "draft.mp4"
+    result = vidgen("t2v", *common, "--height", 32, "--width", 64, "--attention", "draft", "--sparsity", 0.5,
+                    "--output", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert load_video(out)[0].size == (64, 32)
+    out = tmp_path / "freeswim.mp4"
+    result = vidgen("t2v", *common, "--height", 64, "--width", 64, "--freeswim", "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert load_video(out)[0].size == (64, 64)
+    for flags, message in [
+        (["--attention", "draft", "--freeswim", "--height", 64], "cannot be combined"),
+        (["--sparsity", 0.5], "--sparsity applies to --attention draft only"),
+        (["--attention", "draft", "--sparsity", 1.5], "--sparsity must be in [0, 1)"),
+        (["--freeswim"], "--freeswim is for sizes above the model's 32x32"),
+        (["--strength", 0.5], "apply to --freeswim only"),
+    ]:
+        result = vidgen("t2v", *common, *flags, "--output", tmp_path / "x.mp4")
+        assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -29,7 +29,8 @@ def _run(pipe, clip, **kwargs):
     [
         (dict(task="predict", given_frames=5), range(0, 5)),  # latent frames 0, 1
         (dict(task="backward_predict", given_frames=4), range(13, 17)),  # latent frame 4
-        (dict(task="interpolate", every=2), [0, 5, 6, 7, 8, 13, 14, 15, 16]),  # latent 0, 2, 4
+        (dict(task="interpolate", every=4), [0, 4, 8, 12, 16]),  # latent 0 + pixel guidance in 1..4
+        (dict(task="interpolate", every=8), [0, 8, 16]),
         (dict(task="animate"), [0]),
     ],
 )
@@ -51,6 +52,34 @@ def test_given_latent_tokens_stay_exact(pipe, clip):
     assert torch.equal(pipe.unpack_latents(out, grid)[:, :, :2], encoded[:, :, :2])
 
 
+def test_every_nth_frame_is_given_as_pixels_and_latent_frames_only_when_whole(pipe):
+    mask, given = pipe.task_mask("interpolate", (5, 8, 8), 17, None, 4)
+    assert given.nonzero()[:, 0].tolist() == [0, 4, 8, 12, 16]
+    assert mask[:, 0, 0].tolist() == [0, 1, 1, 1, 1]  # only latent frame 0 (pixel frame 0 alone) is whole
+    mask, given = pipe.task_mask("predict", (5, 8, 8), 17, 5, None)
+    assert mask[:, 0, 0].tolist() == [0, 0, 1, 1, 1] and given.sum() == 5
+
+
+def test_pixel_guidance_moves_the_predicted_clean_video_onto_the_given_frames(pipe, clip):
+    grid = pipe.latent_grid(17, 32, 32)
+    pixels = pipe.video_to_pixels(clip.frames, 32, 32)
+    g = torch.Generator().manual_seed(1)
+    latents, v = (torch.randn(1, 5 * 8 * 8, pipe.vae.config.latent_channels, generator=g) for _ in range(2))
+    token_t = torch.full((1, 5 * 8 * 8), 600.0)
+    token_t[:, :64] = 0  # latent frame 0 given
+    frames = torch.zeros(17, dtype=torch.bool)
+    frames[::4] = True
+    v_new = pipe.pixel_guidance(latents, v, token_t, grid, pixels, frames)
+    sigma = (token_t / 1000)[..., None]
+    x0 = latents - sigma * v
+    z = pipe.denormalize_latents(pipe.unpack_latents(x0, grid))
+    video = pipe.vae.decode(z, torch.zeros(1), return_dict=False)[0]
+    video[:, :, frames] = pixels[:, :, frames]
+    target = pipe.pack_latents(pipe.normalize_latents(pipe.vae.encode(video).latent_dist.mode()))
+    torch.testing.assert_close((latents - sigma * v_new)[:, 64:], target[:, 64:], atol=1e-4, rtol=1e-4)
+    assert torch.equal(v_new[:, :64], v[:, :64])  # given tokens (t = 0) untouched
+
+
 def test_explicit_completion_mask(pipe, clip):
     mask = torch.zeros(5, 8, 8)
     mask[:, 2:6, 2:6] = 1  # generate a square hole in every frame
@@ -70,5 +99,7 @@ def test_bad_inputs(pipe, clip):
         _run(pipe, clip, task="predict", given_frames=17)
     with pytest.raises(ValueError, match="covers no whole latent frame"):
         _run(pipe, clip, task="backward_predict", given_frames=3)
+    with pytest.raises(ValueError, match="every must be in"):
+        _run(pipe, clip, task="interpolate", every=1)
     with pytest.raises(ValueError, match="video is required"):
         pipe(prompt="a", task="predict")

@@ -66,7 +66,10 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
         help="attention backend, or draft (DraftAttention)",
     )
     p.add_argument(
-        "--sparsity", type=float, default=0.9, help="DraftAttention: tile pairs skipped (default 0.9)"
+        "--sparsity",
+        type=float,
+        default=None,
+        help="with --attention draft: tile pairs skipped (default 0.9)",
     )
     p.add_argument("--freeswim", action="store_true", help="FreeSwim inward windows for sizes above training")
     p.add_argument(
@@ -74,7 +77,10 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
         help="t2v with --freeswim: generate at the model's size, upscale, denoise again (default); or from noise",
     )  # fmt: skip
     p.add_argument(
-        "--strength", type=float, default=0.7, help="--freeswim upscale recipe: re-noising strength"
+        "--strength",
+        type=float,
+        default=None,
+        help="--freeswim t2v upscale recipe: re-noising strength (default 0.7)",
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype (default float32)")
@@ -92,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_flags(predict, masked=True)
     predict.add_argument("--video", required=True, help="input video; its length and size are kept")
     predict.add_argument("--given", type=_positive_int, default=5, help="given first frames (default 5)")
-    interpolate = commands.add_parser("interpolate", help="fill in the frames between given latent frames")
+    interpolate = commands.add_parser("interpolate", help="fill in the frames between every n-th given frame")
     _add_generation_flags(interpolate, masked=True)
     interpolate.add_argument("--video", required=True, help="input video; its length and size are kept")
     interpolate.add_argument(
-        "--every", type=_positive_int, default=2, help="every n-th latent frame is given (default 2)"
+        "--every", type=_positive_int, default=4, help="every n-th frame is given, from frame 0 (default 4)"
     )
     evaluate = commands.add_parser("eval", help="generate for the held-out Shapes captions and print scores")
     evaluate.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
