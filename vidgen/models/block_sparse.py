@@ -193,8 +193,9 @@ def _gather(q, k, v, pattern, budget: int = 2**25):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         ).transpose(1, 2)
     # Rows grouped by their count of kept key tiles, so that a group gathers exactly its rows' kept
-    # tiles and runs one dense SDPA call (in chunks of at most `budget` scores); a mask is needed only
-    # for padding slots of ragged tiles and for a token rule.
+    # tiles and runs one dense SDPA call, in chunks of at most `budget` numbers (scores, or gathered
+    # keys and values, whichever is larger); a mask is needed only for the padding slots of ragged
+    # tiles and for a token rule.
     out = torch.zeros_like(qt)
     kt2, vt2 = kt.view(len(kt), P * D), vt.view(len(vt), P * D)  # row gathers are plain copies
     ragged = not bool(valid.all())
@@ -202,7 +203,7 @@ def _gather(q, k, v, pattern, budget: int = 2**25):
         if K == 0:  # rows that keep no key tile stay zero
             continue
         group = (counts == K).nonzero()[:, 0]
-        for rows in group.split(max(1, budget // (P * P * K))):
+        for rows in group.split(max(1, budget // (K * P * max(P, 2 * D)))):
             tiles = kept[rows].nonzero()[:, 1].view(len(rows), K)  # (n, K) kept key tiles, ascending
             key_rows = ((rows // T * T)[:, None] + tiles).flatten()  # rows (b, h, j) of kt / vt
             keys, values = (F.embedding(key_rows, x).view(len(rows), 1, K * P, D) for x in (kt2, vt2))
