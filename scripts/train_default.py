@@ -61,9 +61,9 @@ def parse_args():
     )
     p.add_argument("--vae-batch", type=int, default=12)
     p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
-    p.add_argument("--dit-steps", type=int, default=2400)
-    p.add_argument("--dit-batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--dit-steps", type=int, default=3800)
+    p.add_argument("--dit-batch", type=int, default=24)
+    p.add_argument("--lr", type=float, default=7e-4)
     p.add_argument(
         "--object-weight", type=float, default=8.0, help="loss weight of object tokens vs background"
     )
