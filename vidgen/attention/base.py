@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -45,8 +46,8 @@ class AttentionKind:
     """An attention kind: self-attention replaced, cross-attention optionally post-processed.
 
     ``self_attention(q, k, v, layer, dense)`` takes ``(B, N, H, D)`` queries, keys and values after RoPE
-    and returns ``(B, N, H, D)``; ``dense(q, k, v)`` is the layer's own dense attention (its backend). ``after_cross_attention(out, layer)`` may rewrite the text
-    cross-attention output ``(B, N, D)``. Subclasses may also rewrite the transformer's inputs and
+    and returns ``(B, N, H, D)``; ``dense(q, k, v)`` is the layer's own dense attention (its backend).
+    ``after_cross_attention(out, layer)`` may rewrite the text cross-attention output ``(B, N, D)``. Subclasses may also rewrite the transformer's inputs and
     output around each call (``adjust_inputs`` / ``adjust_output``).
     """
 
@@ -62,7 +63,7 @@ class AttentionKind:
                 "attention kinds are for inference: disable gradient checkpointing (their per-call state "
                 "would differ when the forward is recomputed)"
             )
-        bound = inspect.signature(transformer.forward).bind(*args, **kwargs)
+        bound = _forward_signature(type(transformer)).bind(transformer, *args, **kwargs)
         values = bound.arguments
         hidden = values["hidden_states"]
         self.state.grid = _token_grid(transformer, hidden, values)
@@ -77,7 +78,7 @@ class AttentionKind:
         self.state.timestep = t
         self.state.batch = hidden.shape[0]
         if self.adjust_inputs(values):
-            return bound.args, bound.kwargs
+            return bound.args[1:], bound.kwargs  # without self
         return None
 
     def post_forward(self, transformer, args, kwargs, output):
@@ -96,6 +97,12 @@ class AttentionKind:
 
     def after_cross_attention(self, out: torch.Tensor, layer: int) -> torch.Tensor:
         return out
+
+
+@functools.cache
+def _forward_signature(cls) -> inspect.Signature:
+    """The signature of ``cls.forward`` (with ``self``), looked up once per class, not per call."""
+    return inspect.signature(cls.forward)
 
 
 def _token_grid(transformer, hidden: torch.Tensor, values: dict) -> tuple[int, int, int]:

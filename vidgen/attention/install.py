@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from diffusers import LTXVideoTransformer3DModel, WanTransformer3DModel
@@ -36,16 +37,6 @@ class _Installed:
     hooks: list = field(default_factory=list)
     processors: dict | None = None  # the diffusers model's original processors
     cache_context: object | None = None  # the wrapper of the model's cache_context, removed on reset
-
-
-class _DiffusersDense:
-    """Dense attention through the processor's own diffusers backend (``set_attention_backend``)."""
-
-    def __init__(self, processor):
-        self.processor = processor
-
-    def __call__(self, q, k, v):
-        return dispatch_attention_fn(q, k, v, backend=self.processor._attention_backend)
 
 
 def _wan_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -77,7 +68,13 @@ class LTXKindProcessor(LTXVideoAttnProcessor):
         if image_rotary_emb is not None:
             q, k = ltx_rotary(q, image_rotary_emb), ltx_rotary(k, image_rotary_emb)
         q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))  # (B, N, H, D)
-        out = self.kind.self_attention(q, k, v, self.layer, _DiffusersDense(self)).flatten(2, 3).to(q.dtype)
+        out = (
+            self.kind.self_attention(
+                q, k, v, self.layer, partial(dispatch_attention_fn, backend=self._attention_backend)
+            )
+            .flatten(2, 3)
+            .to(q.dtype)
+        )
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -99,7 +96,13 @@ class WanKindProcessor(WanAttnProcessor):
         q, k, v = (x.unflatten(2, (attn.heads, -1)) for x in (q, k, v))  # (B, N, H, D)
         if rotary_emb is not None:
             q, k = _wan_rotary(q, *rotary_emb), _wan_rotary(k, *rotary_emb)
-        out = self.kind.self_attention(q, k, v, self.layer, _DiffusersDense(self)).flatten(2, 3).type_as(q)
+        out = (
+            self.kind.self_attention(
+                q, k, v, self.layer, partial(dispatch_attention_fn, backend=self._attention_backend)
+            )
+            .flatten(2, 3)
+            .type_as(q)
+        )
         return attn.to_out[1](attn.to_out[0](out))
 
 
