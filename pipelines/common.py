@@ -397,11 +397,7 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
         do_cfg = prompt_embeds.shape[0] == 2 * latents.shape[0]
         model_input = torch.cat([latents, latents]) if do_cfg else latents
         timestep = torch.cat([timestep, timestep]) if do_cfg else timestep
-        extra = {}
-        if isinstance(self.transformer, LTXVideoTransformer3DModel):
-            # LTX-Video's RoPE works in pixel units: (temporal stride / fps, spatial stride, spatial stride).
-            s, t = self.vae_spatial_compression_ratio, self.vae_temporal_compression_ratio
-            extra["rope_interpolation_scale"] = (t / frame_rate, s, s)
+        extra = self.transformer_extra_kwargs(frame_rate)
         F, H, W = grid
         dtype = self.transformer.dtype
         rows = torch.arange(model_input.shape[0]) >= latents.shape[0] if do_cfg else None  # [uncond; cond]
@@ -424,6 +420,14 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
             if guidance_rescale > 0:
                 v = rescale_noise_cfg(v, v_text, guidance_rescale)
         return v
+
+    def transformer_extra_kwargs(self, frame_rate: float) -> dict:
+        """Keyword arguments a transformer family needs besides the common ones."""
+        if isinstance(self.transformer, LTXVideoTransformer3DModel):
+            # LTX-Video's RoPE works in pixel units: (temporal stride / fps, spatial stride, spatial stride).
+            s, t = self.vae_spatial_compression_ratio, self.vae_temporal_compression_ratio
+            return {"rope_interpolation_scale": (t / frame_rate, s, s)}
+        return {}
 
     def decode_latents(
         self,

@@ -47,6 +47,14 @@ class VidGenFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         slope = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
         return cfg.base_shift + slope * (num_tokens - cfg.base_image_seq_len)
 
+    def training_sigmas(self, u: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """Noise levels for training, shifted as this schedule shifts sampling: uniform ``u`` in (0, 1)
+        goes through the exponential shift of ``mu`` (dynamic shifting) or the fixed ``shift``."""
+        if self.config.use_dynamic_shifting:
+            return self.time_shift(self.shift_for_tokens(num_tokens), 1.0, u)
+        shift = self.config.shift
+        return shift * u / (1 + (shift - 1) * u)
+
     def stretch_shift_to_terminal(self, t):
         """Stretch so the last sigma is ``shift_terminal``. A one-step schedule (sigma 1 only) has
         nothing to stretch; diffusers' version divides 0 by 0 there, so it is kept as it is."""

@@ -1,7 +1,8 @@
-"""The ``vidgen`` command line: ``vidgen t2v ...`` and ``vidgen i2v ...``.
+"""The ``vidgen`` command line: ``vidgen t2v|i2v|predict|interpolate|eval|train-lora ...``.
 
 A bad flag or input prints one line saying what is wrong and exits with status 2, no traceback.
-Under ``accelerate launch`` the main process generates and writes; the others wait.
+Under ``accelerate launch`` the main process generates and writes while the others wait, except for
+``t2v --prompts FILE --output-dir DIR``, where the prompts are split across the processes.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _positive_float(text: str) -> float:
 
 def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> None:
     p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the embedded model)")
-    p.add_argument("--prompt", required=not masked, default="", help="text describing the video")
+    p.add_argument("--prompt", default=None if not masked else "", help="text describing the video")
     p.add_argument("--negative-prompt", default=None, help="text to guide away from")
     p.add_argument("--height", type=_positive_int, default=None, help="pixels (default: the model's)")
     p.add_argument("--width", type=_positive_int, default=None, help="pixels (default: the model's)")
@@ -57,7 +58,7 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
     p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps (default 30)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--output", required=True, help="output .mp4, .gif, or folder of PNGs (no extension)")
+    p.add_argument("--output", default=None, help="output .mp4, .gif, or folder of PNGs (no extension)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument(
         "--attention",
@@ -82,6 +83,10 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
         default=None,
         help="--freeswim t2v upscale recipe: re-noising strength (default 0.7)",
     )
+    p.add_argument(
+        "--lora", default=None, help="LoRA weights (a folder or .safetensors in diffusers' format)"
+    )
+    p.add_argument("--lora-scale", type=float, default=None, help="with --lora: its strength (default 1)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype (default float32)")
 
@@ -91,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     t2v = commands.add_parser("t2v", help="text-to-video")
     _add_generation_flags(t2v)
+    t2v.add_argument(
+        "--prompts", default=None,
+        help="a text file, one prompt per line: one video each, split across processes under accelerate launch",
+    )  # fmt: skip
+    t2v.add_argument("--output-dir", default=None, help="with --prompts: the folder the videos go to")
     i2v = commands.add_parser("i2v", help="image-to-video (the image is the first frame)")
     _add_generation_flags(i2v)
     i2v.add_argument("--image", required=True, help="first frame (png/jpg); sets the size unless given")
@@ -112,10 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
+    commands.add_parser(
+        "train-lora", add_help=False,
+        help="LoRA fine-tuning: vidgen train-lora --config config.yaml [--section.key value ...]",
+    )  # fmt: skip
     return parser
 
 
-def _check_output(path: str, overwrite: bool) -> None:
+def _check_output(path: str | None, overwrite: bool) -> None:
+    if path is None:
+        raise CLIError("--output is required")
     suffix = Path(path).suffix.lower()
     if suffix not in (".mp4", ".gif", ""):
         raise CLIError(f"--output must end in .mp4 or .gif, or have no extension (PNG folder); got {path}")
@@ -183,6 +199,83 @@ def _set_attention_kind(pipe, args) -> None:
         pipe.enable_freeswim()
 
 
+def _load_lora(pipe, args) -> None:
+    if args.lora is None:
+        if args.lora_scale is not None:
+            raise CLIError("--lora-scale applies with --lora only")
+        return
+    if not os.path.exists(args.lora):
+        raise CLIError(f"--lora {args.lora}: no such file or folder")
+    try:
+        pipe.load_lora_weights(args.lora, adapter_name="lora")
+    except Exception as e:  # wrong format or a LoRA for another model: one line naming the file
+        raise CLIError(f"--lora {args.lora} could not be loaded: {str(e).splitlines()[0]}") from e
+    pipe.set_adapters(["lora"], [1.0 if args.lora_scale is None else args.lora_scale])
+
+
+def _read_prompts(args) -> list[str]:
+    """``--prompts`` file -> prompts (blank lines and ``#`` comments skipped); checks the flags."""
+    if args.output is not None or args.output_dir is None:
+        raise CLIError(
+            "--prompts writes into --output-dir (one video per prompt); pass --output-dir, not --output"
+        )
+    if args.prompt is not None:
+        raise CLIError("pass either --prompt or --prompts, not both")
+    if args.freeswim:
+        raise CLIError("--freeswim is not available with --prompts")
+    try:
+        lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise CLIError(f"--prompts {args.prompts}: {e.strerror or e}") from e
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise CLIError(f"--prompts {args.prompts} holds no prompts")
+    return prompts
+
+
+def prompt_video_name(index: int, prompt: str) -> str:
+    """``0007_a-red-circle-moves-right.mp4``: fixed by the prompt's line, whatever the process count."""
+    slug = "".join(c if c.isalnum() else "-" for c in prompt.lower())
+    slug = "-".join(part for part in slug.split("-") if part)[:60]
+    return f"{index:04d}_{slug or 'video'}.mp4"
+
+
+def run_prompts(args, state) -> int:
+    """One video per prompt, each written by exactly one process; prompt ``i`` uses seed ``seed + i``."""
+    import torch
+
+    from . import VidGenPipeline, export_to_video
+
+    prompts = _read_prompts(args)
+    out = Path(args.output_dir)
+    names = [prompt_video_name(i, prompt) for i, prompt in enumerate(prompts)]
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not args.overwrite:
+        raise CLIError(
+            f"--output-dir {out} already holds {len(existing)} of the videos (e.g. {existing[0]}); "
+            "pass --overwrite to replace them"
+        )
+    device = args.device or state.device
+    pipe = _load_pipeline(VidGenPipeline, args.model, args.dtype, device)
+    _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)
+    _set_attention_kind(pipe, args)
+    _load_lora(pipe, args)
+    fps = args.fps or pipe.default_frame_rate
+    out.mkdir(parents=True, exist_ok=True)
+    with state.split_between_processes(list(range(len(prompts)))) as mine:
+        for i in mine:
+            video = pipe(
+                prompt=prompts[i], negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+                num_frames=args.frames, frame_rate=fps, num_inference_steps=args.steps,
+                guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed + i),
+                output_type="np",
+            ).frames[0]  # fmt: skip
+            path = export_to_video(video, out / names[i], fps=fps, overwrite=args.overwrite)
+            print(f"[process {state.process_index}] wrote {path}")
+    state.wait_for_everyone()
+    return 0
+
+
 def _check_device(args) -> None:
     import torch
 
@@ -229,8 +322,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command == "eval":
         return run_eval(args)
-    _check_output(args.output, args.overwrite)
     _check_device(args)
+    if args.command == "t2v" and args.prompts is not None:
+        state = PartialState(
+            cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
+        )
+        return run_prompts(args, state)
+    if args.command == "t2v" and args.output_dir is not None:
+        raise CLIError("--output-dir goes with --prompts; for one video pass --output")
+    if args.command in ("t2v", "i2v") and args.prompt is None:
+        raise CLIError("--prompt is required")
+    _check_output(args.output, args.overwrite)
     state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
     device = args.device or state.device
     extra = {}
@@ -252,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
         pipe = _load_pipeline(cls.get(args.command, VidGenPipeline), args.model, args.dtype, device)
         _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)
         _set_attention_kind(pipe, args)
+        _load_lora(pipe, args)
         fps = args.fps or pipe.default_frame_rate
         common = dict(
             negative_prompt=args.negative_prompt,
@@ -285,7 +388,21 @@ def _read_video(load_video, path: str):
         raise CLIError(f"--video {path}: {str(e).splitlines()[0]}") from e
 
 
+def run_train_lora(argv: list[str]) -> int:
+    from .training.train_lora import main as train_lora
+
+    try:
+        train_lora(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"vidgen train-lora: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train-lora"]:  # its flags are the config's keys: parsed by the trainer
+        return run_train_lora(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

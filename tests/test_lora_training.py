@@ -1,0 +1,222 @@
+"""LoRA fine-tuning on a tiny pipeline: learning, the cache, exact resume after SIGKILL, diffusers'
+LoRA format, two processes, and the CLI's --lora and --prompts."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig
+from peft.utils import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from vidgen import VidGenPipeline, load_video
+from vidgen.data import shapes
+from vidgen.testing import tiny_components
+from vidgen.training.train_lora import LORA_WEIGHT_NAME, main
+from vidgen.video_io import export_to_video
+
+ACCELERATE_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    VidGenPipeline(**tiny_components()).save_pretrained(root / "tiny")
+    data = root / "data"
+    data.mkdir()
+    for i in range(6):
+        clip = shapes.sample_clip(i, num_frames=9)
+        export_to_video(clip.frames, data / f"clip{i}.mp4", fps=8)
+        (data / f"clip{i}.txt").write_text(clip.caption)
+    (data / "broken.mp4").write_bytes(b"not a video")
+    (data / "broken.txt").write_text("a red circle moves left")
+    return root
+
+
+def args(setup, out, *extra):
+    return [
+        "--pretrained_model", str(setup / "tiny"), "--output_dir", str(out), "--data.path", str(setup / "data"),
+        "--data.buckets", "[9x32x32]", "--lora.rank", "4", "--lora.alpha", "8", "--train.batch_size", "2",
+        "--train.learning_rate", "3e-3", "--train.lr_scheduler", "cosine", "--train.lr_warmup_steps", "2",
+        "--train.first_frame_p", "0.3", "--train.vdt_mask_p", "0.3", "--logging.every", "1",
+        "--logging.report_to", "none", *map(str, extra),
+    ]  # fmt: skip
+
+
+def lora_weights(out):
+    return load_file(out / LORA_WEIGHT_NAME)
+
+
+def test_trains_caches_once_and_skips_broken_files(setup, tmp_path):
+    with pytest.warns(UserWarning, match=r"skipped 1 unusable file\(s\): broken.mp4: unreadable"):
+        main(args(setup, tmp_path / "a", "--train.max_steps", 30))
+    rows = (tmp_path / "a" / "logs" / "train_log.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    assert len(losses) == 30
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])  # it learns
+    entries = sorted((setup / "data" / ".vidgen_cache").glob("*/*.safetensors"))
+    assert len(entries) == 7  # 6 clips + the empty prompt
+    stamps = [e.stat().st_mtime_ns for e in entries]
+    main(args(setup, tmp_path / "b", "--train.max_steps", 1))  # a later run reuses them
+    assert [e.stat().st_mtime_ns for e in entries] == stamps
+    main(args(setup, tmp_path / "c", "--train.max_steps", 1, "--data.buckets", "[5x32x32]"))  # new entries
+    assert len(list((setup / "data" / ".vidgen_cache").glob("*/*.safetensors"))) == 13
+
+
+def test_empty_dataset_and_reused_output_dir_are_clear_errors(setup, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.mp4").write_bytes(b"junk")
+    (empty / "x.txt").write_text("caption")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no usable clips"):
+        main(args(setup, tmp_path / "o", "--data.path", empty, "--train.max_steps", 1))
+    main(args(setup, tmp_path / "run", "--train.max_steps", 2))
+    with pytest.raises(ValueError, match="already holds a run"):
+        main(args(setup, tmp_path / "run", "--train.max_steps", 2, "--checkpoints.resume", "none"))
+    with pytest.raises(ValueError, match=r"lora\.rank.*differ"):
+        main(args(setup, tmp_path / "run", "--train.max_steps", 4, "--lora.rank", 8))
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    import vidgen.training.train_lora as t
+
+    mode, at = sys.argv[1], int(sys.argv[2])
+    calls = {"loss": 0, "save": 0}
+    loss, save = t.flow_matching_loss, torch.save
+
+    def killing_loss(*a, **k):  # dies in the middle of a training step
+        calls["loss"] += 1
+        if mode == "step" and calls["loss"] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return loss(*a, **k)
+
+    def killing_save(obj, path, *a, **k):  # dies while a checkpoint is half-written
+        save(obj, path, *a, **k)
+        if mode == "checkpoint" and str(path).endswith("optimizer.pt"):
+            calls["save"] += 1
+            if calls["save"] == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    t.flow_matching_loss, t.torch.save = killing_loss, killing_save
+    t.main(sys.argv[3:])
+    """
+)
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(setup, tmp_path):
+    common = ("--train.max_steps", 12, "--checkpoints.every", 4, "--checkpoints.keep_last", 2)
+    main(args(setup, tmp_path / "straight", *common))
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    out = tmp_path / "killed"
+
+    def run(mode, at):
+        return subprocess.run([sys.executable, script, mode, str(at), *args(setup, out, *common)],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    first = run("step", 7)  # killed in step 7: checkpoint 4 is the last one
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000004"]
+    second = run("checkpoint", 1)  # resumes at 4, killed while writing checkpoint 8
+    assert second.returncode == -9, second.stderr[-2000:]
+    leftovers = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert leftovers[-1] == "step_000004" and any(n.startswith(".step_000008") for n in leftovers)
+    third = run("none", 0)  # resumes at 4 again (the half-written 8 is ignored) and finishes
+    assert third.returncode == 0, third.stderr[-2000:]
+    a, b = lora_weights(tmp_path / "straight"), lora_weights(out)
+    assert a.keys() == b.keys() and len(a) > 0
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_000008", "step_000012"]
+    steps = [int(r.split(",")[0]) for r in (out / "logs" / "train_log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 13))  # the interrupted attempts' rows past their checkpoint are gone
+
+
+def test_result_loads_in_diffusers_format_with_scale_fuse_and_unfuse(setup, tmp_path):
+    main(args(setup, tmp_path / "run", "--train.max_steps", 8, "--checkpoints.every", 8))
+    pipe = VidGenPipeline.from_pretrained(setup / "tiny")
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate():
+        return pipe("a red circle moves right", num_inference_steps=2, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
+
+    base = generate()
+    pipe.load_lora_weights(tmp_path / "run", adapter_name="concept")
+    with_lora = generate()
+    assert np.abs(with_lora - base).max() > 1e-3
+    # The adapter's scale (alpha / rank = 2) came with the file: the same as the trained model.
+    reference = VidGenPipeline.from_pretrained(setup / "tiny")
+    reference.set_progress_bar_config(disable=True)
+    reference.transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v",
+                                                 "to_out.0", "ff.net.0.proj", "ff.net.2"]))  # fmt: skip
+    set_peft_model_state_dict(reference.transformer, load_file(tmp_path / "run/checkpoints/step_000008/adapter.safetensors"))
+    expected = reference("a red circle moves right", num_inference_steps=2, output_type="np",
+                         generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
+    np.testing.assert_allclose(with_lora, expected, atol=1e-6)
+    pipe.set_adapters(["concept"], [0.0])
+    np.testing.assert_allclose(generate(), base, atol=1e-6)
+    pipe.set_adapters(["concept"], [1.0])
+    pipe.fuse_lora()
+    np.testing.assert_allclose(generate(), with_lora, atol=1e-4)
+    pipe.unfuse_lora()
+    pipe.set_adapters(["concept"], [0.0])
+    np.testing.assert_allclose(generate(), base, atol=1e-4)
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(setup, tmp_path):
+    common = ("--train.max_steps", 4, "--checkpoints.every", 4)
+    main(args(setup, tmp_path / "one", *common, "--train.batch_size", 4))
+    two = subprocess.run(
+        [*ACCELERATE_2, "-m", "vidgen.training.train_lora", *args(setup, tmp_path / "two", *common)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = lora_weights(tmp_path / "one"), lora_weights(tmp_path / "two")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max(a[k].abs().max().item() for k in a if "lora_B" in k) > 1e-3  # it did train
+
+
+def test_cli_lora_flags_and_prompts_split_across_two_processes(setup, tmp_path):
+    main(args(setup, tmp_path / "run", "--train.max_steps", 6))
+    cli = [sys.executable, "-m", "vidgen.cli", "t2v", "--model", str(setup / "tiny"), "--steps", "2"]
+    outputs = {}
+    for name, extra in (("base", []), ("zero", ["--lora", tmp_path / "run", "--lora-scale", "0"]),
+                        ("full", ["--lora", tmp_path / "run"])):  # fmt: skip
+        r = subprocess.run([*cli, "--prompt", "a red circle", "--output", tmp_path / name, *map(str, extra)],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+        outputs[name] = np.stack([np.asarray(f) for f in load_video(tmp_path / name)]).astype(int)
+    assert np.array_equal(outputs["zero"], outputs["base"])
+    assert np.abs(outputs["full"] - outputs["base"]).max() > 0
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moves right\n# a comment\n\na blue square stays still\na green triangle\n")
+    r = subprocess.run(
+        [*ACCELERATE_2, "-m", "vidgen.cli", "t2v", "--model", str(setup / "tiny"), "--steps", "2",
+         "--prompts", str(prompts), "--output-dir", str(tmp_path / "many")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = ["0000_a-red-circle-moves-right.mp4", "0001_a-blue-square-stays-still.mp4", "0002_a-green-triangle.mp4"]
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == names
+    written = [line for line in r.stdout.splitlines() if "wrote" in line]
+    assert len(written) == 3 and {line.split("]")[0] for line in written} == {"[process 0", "[process 1"}
+    # The same video as one process writes for that line (seed + line index).
+    one = subprocess.run([*cli, "--prompts", str(prompts), "--output-dir", str(tmp_path / "single")],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    for name in names:
+        a = np.stack([np.asarray(f) for f in load_video(tmp_path / "many" / name)]).astype(int)
+        b = np.stack([np.asarray(f) for f in load_video(tmp_path / "single" / name)]).astype(int)
+        assert np.abs(a - b).mean() < 0.5  # equal up to float noise (thread counts differ) and H.264
+    again = subprocess.run([*cli, "--prompts", str(prompts), "--output-dir", str(tmp_path / "single")],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 2 and "already holds 3 of the videos" in again.stderr

@@ -1,0 +1,423 @@
+"""LoRA fine-tuning of a vidgen pipeline's transformer (peft + accelerate), resumable to the bit.
+
+    vidgen train-lora --config configs/lora_example.yaml [--train.max_steps 300 ...]
+    accelerate launch scripts/train_lora.py --config configs/lora_example.yaml
+    accelerate launch --multi_gpu --num_processes 2 scripts/train_lora.py --config ...   # data parallel
+                                                   (on a machine without GPUs this runs 2 CPU processes on gloo)
+
+The model is any vidgen pipeline folder: the embedded default, or an LTX-Video folder in diffusers'
+format. The result, ``<output_dir>/pytorch_lora_weights.safetensors``, is in diffusers' LoRA format:
+``pipe.load_lora_weights(output_dir)``; CLI ``vidgen t2v --lora <output_dir> --lora-scale 1``.
+
+Reproducibility is by construction: the data order is a function of ``(seed, epoch)`` and every
+sample's noise, noise level, caption dropout and mask a function of ``(seed, step, position in the
+global batch)``. A run resumed from a checkpoint (even after SIGKILL) therefore ends with the same
+weights as an uninterrupted one, and N processes with micro-batch B/N compute the same global batch as
+one process with micro-batch B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from diffusers.optimization import get_scheduler
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..data.video_dataset import discover_media, parse_buckets
+from ..masks import sample_training_mask
+from .cache import EMPTY_PROMPT_ENTRY, build_cache, collect_cache, warn_skipped
+from .config import LoraTrainingConfig, load_config
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# Keys that may change between a run and its resumption; any other change is refused.
+RESUMABLE_CHANGES = ("train.max_steps", "checkpoints", "validation", "logging")
+
+
+def parse_args(argv=None) -> LoraTrainingConfig:
+    p = argparse.ArgumentParser(
+        prog="vidgen train-lora", description="LoRA fine-tuning of a vidgen pipeline."
+    )
+    p.add_argument("--config", default=None, help="YAML file (see configs/lora_example.yaml)")
+    args, overrides = p.parse_known_args(argv)
+    return load_config(args.config, overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Model.
+def load_pipeline(config: LoraTrainingConfig, device):
+    from .. import DEFAULT_MODEL, VidGenPipeline
+
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):  # keep the console for the training progress bar
+        library.utils.logging.disable_progress_bar()
+    path = DEFAULT_MODEL if config.pretrained_model == "default" else config.pretrained_model
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"pretrained_model {path}: no such pipeline folder")
+    pipe = VidGenPipeline.from_pretrained(path).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.vae, pipe.text_encoder, pipe.transformer):
+        module.requires_grad_(False).eval()
+    return pipe
+
+
+def add_lora(transformer, config: LoraTrainingConfig) -> LoraConfig:
+    lora = LoraConfig(
+        r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+        target_modules=list(config.lora.target_modules), init_lora_weights=True,
+    )  # fmt: skip
+    try:
+        transformer.add_adapter(lora)
+    except ValueError as e:
+        raise ValueError(f"lora.target_modules {config.lora.target_modules}: {str(e).splitlines()[0]}") from e
+    if config.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    return lora
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Data: discover, cache once, order.
+def prepare_data(config: LoraTrainingConfig, pipe, accelerator: Accelerator):
+    p_t, p = pipe.patch_size
+    buckets = parse_buckets(
+        config.data.buckets, pipe.vae_temporal_compression_ratio * p_t, pipe.vae_spatial_compression_ratio * p
+    )
+    items, problems = discover_media(config.data.path, config.data.video_column, config.data.caption_column)
+    text_length = config.data.max_sequence_length or min(
+        128, getattr(pipe.tokenizer, "model_max_length", 128)
+    )
+    data_root = Path(config.data.path) if Path(config.data.path).is_dir() else Path(config.data.path).parent
+    cache_dir = Path(config.data.cache_dir or data_root / ".vidgen_cache")
+    args = (buckets, config.data.fps, text_length)
+    folder, failed = build_cache(
+        pipe,
+        items,
+        *args,
+        cache_dir,
+        accelerator.device,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    accelerator.wait_for_everyone()
+    problems += gather_object(failed) if accelerator.num_processes > 1 else failed
+    if accelerator.is_main_process:
+        warn_skipped(problems)
+    clips = collect_cache(folder, items, *args)
+    if not clips:
+        raise ValueError(f"data.path {config.data.path}: no usable clips ({len(problems)} file(s) skipped)")
+    return clips, load_file(folder / EMPTY_PROMPT_ENTRY)
+
+
+def epoch_batches(clips, global_batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of one bucket each, covering every clip once per epoch (the last batch of a bucket is
+    filled from its start), in an order drawn from ``(seed, epoch)``."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    by_bucket: dict = {}
+    for i, clip in enumerate(clips):
+        by_bucket.setdefault(clip.bucket, []).append(i)
+    batches = []
+    for bucket in sorted(by_bucket):
+        idx = by_bucket[bucket]
+        perm = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+        n = math.ceil(len(perm) / global_batch)
+        filled = (perm * math.ceil(n * global_batch / len(perm)))[: n * global_batch]
+        batches += [filled[k * global_batch : (k + 1) * global_batch] for k in range(n)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def global_batch_at(clips, step: int, global_batch: int, seed: int) -> list[int]:
+    per_epoch = len(epoch_batches(clips, global_batch, seed, 0))
+    return epoch_batches(clips, global_batch, seed, step // per_epoch)[step % per_epoch]
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. The loss: flow matching with the pipelines' noise-level shift, per-token timesteps, masks.
+def sample_inputs(pipe, config, clips, empty, indices, positions, step):
+    """Noised packed latents, targets, timesteps and the generated-token mask for one micro-batch."""
+    x0, embeds, text_mask, x1, sigmas, masks = [], [], [], [], [], []
+    p_t, p = pipe.patch_size
+    for index, position in zip(indices, positions):
+        entry = clips[index].load()
+        g = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 65_537 + position)
+        latents = entry["latents"][None]  # (1, C, F, H, W)
+        F, H, W = latents.shape[2:]
+        grid = (F // p_t, H // p, W // p)  # the token grid
+        r = float(torch.rand((), generator=g))
+        mask = torch.ones(grid)  # 1 = generate, 0 = given (kept clean at timestep 0)
+        if grid[0] > 1 and r < config.train.first_frame_p:
+            mask[0] = 0  # image-to-video: the first latent frame is given
+        elif grid[0] > 1 and r < config.train.first_frame_p + config.train.vdt_mask_p:
+            mask = sample_training_mask(grid, g)[1]
+        drop = float(torch.rand((), generator=g)) < config.train.caption_dropout
+        source = empty if drop else entry
+        packed = pipe.pack_latents(latents)[0]  # (N, D)
+        x0.append(packed)
+        x1.append(torch.randn(packed.shape, generator=g))
+        u = torch.rand((), generator=g).clamp(1e-4, 1 - 1e-4)
+        sigmas.append(pipe.scheduler.training_sigmas(u, packed.shape[0]))
+        masks.append(mask.flatten())
+        embeds.append(source["prompt_embeds"])
+        text_mask.append(source["prompt_attention_mask"].bool())
+    x0, x1, m = torch.stack(x0), torch.stack(x1), torch.stack(masks)  # (B, N, D), (B, N, D), (B, N)
+    s = torch.stack(sigmas).view(-1, 1, 1)
+    xt = torch.where(m[..., None] > 0, (1 - s) * x0 + s * x1, x0)
+    return {
+        "xt": xt, "target": x1 - x0, "timestep": s.view(-1, 1) * 1000 * m, "mask": m, "grid": (F, H, W),
+        "embeds": torch.stack(embeds), "text_mask": torch.stack(text_mask),
+    }  # fmt: skip
+
+
+def flow_matching_loss(model, pipe, batch, device, frame_rate: float) -> torch.Tensor:
+    F, H, W = batch["grid"]
+    v = model(
+        hidden_states=batch["xt"].to(device),
+        encoder_hidden_states=batch["embeds"].to(device),
+        timestep=batch["timestep"].to(device),
+        encoder_attention_mask=batch["text_mask"].to(device),
+        num_frames=F, height=H, width=W, return_dict=False, **pipe.transformer_extra_kwargs(frame_rate),
+    )[0].float()  # fmt: skip
+    per_token = ((v - batch["target"].to(device)) ** 2).mean(-1)  # (B, N)
+    m = batch["mask"].to(device)
+    return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).mean()  # mean over samples: DDP-exact
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Checkpoints: atomic, the last N kept, everything needed to continue exactly.
+def config_digest(config: LoraTrainingConfig) -> dict:
+    d = config.to_dict()
+    for key in RESUMABLE_CHANGES:
+        section, _, name = key.partition(".")
+        if name:
+            d[section].pop(name, None)
+        else:
+            d.pop(section, None)
+    d.pop("output_dir", None)
+    return d
+
+
+def save_checkpoint(out: Path, step: int, transformer, optimizer, lr_scheduler, config, keep: int) -> None:
+    folder = out / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}.", dir=folder))
+    save_file(get_peft_model_state_dict(transformer), tmp / "adapter.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config_digest(config)}, indent=1))
+    final = folder / f"step_{step:06d}"
+    if final.exists():  # the same step written again after a resume: identical content
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("step_*"))[:-keep]:
+        shutil.rmtree(old)
+
+
+def resume(out: Path, transformer, optimizer, lr_scheduler, config) -> int:
+    checkpoints = sorted((out / "checkpoints").glob("step_*"))
+    if config.checkpoints.resume == "none" or not checkpoints:
+        if checkpoints or (out / LORA_WEIGHT_NAME).exists():
+            raise ValueError(
+                f"output_dir {out} already holds a run; choose another output_dir, or checkpoints.resume latest"
+            )
+        return 0
+    last = checkpoints[-1]
+    state = json.loads((last / "state.json").read_text())
+    ours, theirs = config_digest(config), state["config"]
+    if ours != theirs:
+        changed = sorted(_changed_keys(ours, theirs))
+        raise ValueError(
+            f"output_dir {out} holds checkpoints of a different configuration ({', '.join(changed)} differ); "
+            "use another output_dir, or the same settings"
+        )
+    set_peft_model_state_dict(transformer, load_file(last / "adapter.safetensors"))
+    optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
+    lr_scheduler.load_state_dict(torch.load(last / "lr_scheduler.pt", weights_only=True))
+    rng = torch.load(last / "rng.pt", weights_only=False)  # our own file: RNG states (numpy, tuples)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    return state["step"]
+
+
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in set(a) | set(b):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += _changed_keys(x, y, f"{prefix}{k}.")
+        elif x != y:
+            keys.append(prefix + k)
+    return keys
+
+
+def save_lora(out: Path, transformer, lora: LoraConfig) -> Path:
+    """diffusers' format (``pytorch_lora_weights.safetensors``, with rank and alpha as metadata)."""
+    from .. import VidGenPipeline
+
+    tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=out))
+    VidGenPipeline.save_lora_weights(
+        tmp, transformer_lora_layers=get_peft_model_state_dict(transformer),
+        transformer_lora_adapter_metadata=lora.to_dict(),
+    )  # fmt: skip
+    os.replace(tmp / LORA_WEIGHT_NAME, out / LORA_WEIGHT_NAME)
+    shutil.rmtree(tmp)
+    return out / LORA_WEIGHT_NAME
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Validation videos and logs.
+@torch.no_grad()
+def write_validation(pipe, config: LoraTrainingConfig, out: Path, step: int, frame_rate: float) -> None:
+    from ..video_io import export_to_video
+
+    v = config.validation
+    folder = out / "validation" / f"step_{step:06d}"
+    pipe.transformer.eval()
+    for i, prompt in enumerate(v.prompts):
+        video = pipe(
+            prompt=prompt, num_frames=v.num_frames, height=v.height, width=v.width,
+            num_inference_steps=v.num_inference_steps, guidance_scale=v.guidance_scale, frame_rate=frame_rate,
+            generator=torch.Generator().manual_seed(v.seed + i), output_type="np",
+        ).frames[0]  # fmt: skip
+        slug = "-".join(prompt.lower().split())[:48].strip("-")
+        export_to_video(video, folder / f"{i:02d}_{slug}.mp4", fps=frame_rate, overwrite=True)
+    pipe.transformer.train()
+
+
+class CSVLog:
+    def __init__(self, path: Path, resumed_step: int):
+        self.path = path
+        if path.exists():  # rows past the checkpoint belong to the interrupted attempt
+            rows = list(csv.DictReader(path.open()))
+            kept = [r for r in rows if int(r["step"]) <= resumed_step]
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "seconds"])
+                writer.writeheader()
+                writer.writerows(kept)
+
+    def write(self, row: dict) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+# --------------------------------------------------------------------------------------------------
+def main(argv=None) -> Path:
+    config = parse_args(argv)
+    out = Path(config.output_dir)
+    report_to = config.logging.report_to
+    if report_to == "auto":
+        report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision,
+        log_with=None if report_to == "none" else report_to, project_dir=out / "logs",
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    t = config.train
+    global_batch = t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes
+
+    # 1. The pipeline, frozen; LoRA adapters on the transformer.
+    pipe = load_pipeline(config, accelerator.device)
+    transformer = pipe.transformer
+    torch.manual_seed(config.seed)  # LoRA A matrices start from this seed
+    lora = add_lora(transformer, config)
+    frame_rate = pipe.default_frame_rate
+
+    # 2. Latents and text embeddings, computed once into the cache; the clips in a fixed order.
+    clips, empty = prepare_data(config, pipe, accelerator)
+
+    # 3. Optimizer, LR schedule, and the state of an interrupted run.
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    lr_scheduler = get_scheduler(
+        t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.max_steps
+    )
+    start = resume(out, transformer, optimizer, lr_scheduler, config)
+    model, optimizer = accelerator.prepare(transformer, optimizer)  # the LR schedule steps once per step
+    if accelerator.is_main_process:
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        accelerator.init_trackers("vidgen-lora", config={"rank": config.lora.rank, "lr": t.learning_rate})
+    log = CSVLog(out / "logs" / "train_log.csv", start) if accelerator.is_main_process else None
+    if log:
+        log.path.parent.mkdir(parents=True, exist_ok=True)
+
+    # 4. The loop: each step is one global batch, split into micro-batches per process.
+    bar = tqdm(
+        range(start, t.max_steps), initial=start, total=t.max_steps, disable=not accelerator.is_main_process
+    )
+    tic = time.time()
+    for step in bar:
+        batch = global_batch_at(clips, step, global_batch, config.seed)
+        loss_sum = 0.0
+        for micro in range(t.gradient_accumulation_steps):
+            first = (micro * accelerator.num_processes + accelerator.process_index) * t.batch_size
+            positions = list(range(first, first + t.batch_size))
+            inputs = sample_inputs(pipe, config, clips, empty, [batch[j] for j in positions], positions, step)
+            torch.manual_seed(config.seed * 1_000_003 + step * 4096 + first)  # LoRA dropout
+            last = micro == t.gradient_accumulation_steps - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                loss = flow_matching_loss(model, pipe, inputs, accelerator.device, frame_rate)
+                accelerator.backward(loss / t.gradient_accumulation_steps)
+            loss_sum += loss.detach()
+        accelerator.clip_grad_norm_(params, t.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        if done % config.logging.every == 0 or done == t.max_steps:
+            loss_value = accelerator.reduce(loss_sum / t.gradient_accumulation_steps, "mean").item()
+            lr = lr_scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if log:
+                log.write({"step": done, "loss": f"{loss_value:.6f}", "lr": f"{lr:.3e}",
+                           "seconds": f"{time.time() - tic:.1f}"})  # fmt: skip
+            accelerator.log({"loss": loss_value, "lr": lr}, step=done)
+        if done % config.checkpoints.every == 0 or done == t.max_steps:
+            if accelerator.is_main_process:
+                save_checkpoint(out, done, accelerator.unwrap_model(model), optimizer, lr_scheduler, config,
+                                config.checkpoints.keep_last)  # fmt: skip
+            accelerator.wait_for_everyone()
+        v = config.validation
+        if v.prompts and ((v.every and done % v.every == 0) or done == t.max_steps):
+            if accelerator.is_main_process:
+                write_validation(pipe, config, out, done, frame_rate)
+            accelerator.wait_for_everyone()
+
+    # 5. The LoRA, in diffusers' format.
+    path = out / LORA_WEIGHT_NAME
+    if accelerator.is_main_process:
+        path = save_lora(out, accelerator.unwrap_model(model), lora)
+        print(f"wrote {path}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return path
+
+
+if __name__ == "__main__":
+    main()
