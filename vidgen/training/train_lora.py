@@ -64,10 +64,10 @@ def parse_args(argv=None) -> LoraTrainingConfig:
 # --------------------------------------------------------------------------------------------------
 # 1. Model.
 def load_pipeline(config: LoraTrainingConfig, device):
-    from .. import DEFAULT_MODEL, VidGenPipeline
-
     import diffusers
     import transformers
+
+    from .. import DEFAULT_MODEL, VidGenPipeline
 
     for library in (diffusers, transformers):  # keep the console for the training progress bar
         library.utils.logging.disable_progress_bar()
