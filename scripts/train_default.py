@@ -7,7 +7,11 @@
 Stages (each skipped when its output exists; a killed run resumes from its last checkpoint):
 1. VAE: ``VidGenVideoAutoencoder`` on 5-frame windows of freshly rendered clips (a causal convolutional
    VAE learns filters that apply to any length, at a third of the cost of 17-frame clips). The decoder
-   also learns to finish denoising: half the batches decode latents noised at ``t ~ U[0, 0.2]``.
+   also learns to finish denoising: a share of the batches decode latents noised at ``t ~ U[0, 0.15]``.
+1b. Decoder generalisation: trained on the world's seven colors only, the decoder snaps every color to
+   the nearest of them (orange decodes as red), so no fine-tune of the DiT could ever teach a new color.
+   With the encoder frozen (the latent space, the cache and the DiT stay as they are), the decoder is
+   trained on, half and half, the world's clips and clips whose objects take random colors.
 2. Latent cache: N training clips (17 frames) encoded once, with captions and object-token masks.
 3. DiT + text encoder: flow matching with VDT masks (given tokens clean at per-token timestep 0, loss
    only on generated tokens), object tokens weighted up (the black background is learned first and is
@@ -60,6 +64,8 @@ def parse_args():
         "--vae-noise-prob", type=float, default=0.25, help="share of steps that decode noised latents"
     )
     p.add_argument("--vae-batch", type=int, default=12)
+    p.add_argument("--decoder-steps", type=int, default=1000, help="stage 1b: decoder on random colors")
+    p.add_argument("--stop-after", choices=("vae", "decoder", "cache", "dit"), default=None)
     p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
     p.add_argument("--dit-steps", type=int, default=3800)
     p.add_argument("--dit-batch", type=int, default=24)
@@ -74,9 +80,22 @@ def parse_args():
 
 # --------------------------------------------------------------------------------------------------
 # Helpers: data, checkpoints.
-def render_batch(seeds, num_frames=17, window=None) -> tuple[torch.Tensor, list[str], np.ndarray]:
-    """Pixels ``(B, 3, F, 64, 64)`` in [-1, 1], captions, object masks ``(B, F, 64, 64)``."""
-    clips = [shapes.sample_clip(int(s)) for s in seeds]
+def render_batch(
+    seeds, num_frames=17, window=None, random_colors=False
+) -> tuple[torch.Tensor, list[str], np.ndarray]:
+    """Pixels ``(B, 3, F, 64, 64)`` in [-1, 1], captions, object masks ``(B, F, 64, 64)``.
+    ``random_colors``: every other clip's objects take random colors (bright enough to tell from black)."""
+    clips = []
+    for i, s in enumerate(seeds):
+        colors = None
+        if random_colors and i % 2:
+            rng = np.random.default_rng([int(s), 0xC010])
+            colors = {}
+            for name in shapes.COLORS:
+                rgb = rng.integers(0, 256, 3)
+                rgb[rng.integers(3)] = rng.integers(120, 256)  # at least one bright channel
+                colors[name] = tuple(int(v) for v in rgb)
+        clips.append(shapes.sample_clip(int(s), colors=colors))
     frames = np.stack([c.frames for c in clips])  # (B, 17, H, W, 3)
     masks = np.stack([c.frames.any(-1) for c in clips])  # (B, 17, H, W)
     if window is not None:
@@ -184,6 +203,63 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
         z = torch.cat([vae.encode(x[i : i + 32]).latent_dist.mode() for i in range(0, 256, 32)])
         vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))
         vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)))
+    vae.save_pretrained(final)
+    return vae
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1b: the decoder learns colors beyond the world's; the encoder (and so the latent space) is frozen.
+def generalize_decoder(args, run: Path, accelerator: Accelerator, vae) -> VidGenVideoAutoencoder:
+    final = run / "vae_general"
+    if (final / "config.json").exists():
+        return VidGenVideoAutoencoder.from_pretrained(final)
+    if args.decoder_steps == 0:
+        return vae
+    decoder = [p for n, p in vae.named_parameters() if n.startswith(("dec_", "time_"))]
+    vae.requires_grad_(False)
+    for p in decoder:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(decoder, lr=1e-3, weight_decay=0.0)
+    ckpt = run / "decoder_ckpt"
+    start, tensors, opt_state = latest_checkpoint(ckpt)
+    if tensors is not None:
+        vae.load_state_dict(tensors)
+        opt.load_state_dict(opt_state)
+    vae, opt = accelerator.prepare(vae, opt)
+    tic = time.time()
+    for step in range(start, args.decoder_steps):
+        g = torch.Generator().manual_seed(args.seed * 3_000_017 + step)
+        start_frame = 4 * int(torch.randint(0, 4, (1,), generator=g))
+        seeds = np.arange(step * args.vae_batch, (step + 1) * args.vae_batch) + 30_000_000
+        x, _, masks = render_batch(seeds, window=slice(start_frame, start_frame + 5), random_colors=True)
+        x = x.to(accelerator.device)
+        weight = 1 + (args.vae_object_weight - 1) * torch.from_numpy(masks)[:, None].float().to(x.device)
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, args.decoder_steps, 1e-3, warmup=50)
+        model = accelerator.unwrap_model(vae)
+        with torch.no_grad():
+            z = model.encode(x).latent_dist.mode()
+        t = torch.zeros(len(x), device=x.device)
+        if float(torch.rand((), generator=g)) < args.vae_noise_prob:  # keep the last denoising step
+            t = torch.rand(len(x), generator=g).to(x.device) * 0.15
+            noise = torch.randn(z.shape, generator=g).to(z)
+            z = (1 - t.view(-1, 1, 1, 1, 1)) * z + t.view(-1, 1, 1, 1, 1) * noise
+        y = model.decode(z, t).sample
+        loss = (weight * (y - x) ** 2).mean()
+        opt.zero_grad()
+        accelerator.backward(loss)
+        opt.step()
+        if step % 25 == 0 or step == args.decoder_steps - 1:
+            psnr = 10 * math.log10(4 / F.mse_loss(y.clamp(-1, 1), x).item())
+            log(
+                run,
+                "decoder_log",
+                {"step": step, "loss": loss.item(), "psnr_db": psnr, "seconds": time.time() - tic},
+            )
+            print(f"decoder step {step} loss {loss.item():.4f} psnr {psnr:.1f} dB", flush=True)
+        if (step + 1) % args.checkpoint_every == 0:
+            save_checkpoint(ckpt, step + 1, model.state_dict(), opt)
+    vae = accelerator.unwrap_model(vae).eval().requires_grad_(False)
     vae.save_pretrained(final)
     return vae
 
@@ -309,7 +385,14 @@ def main():
     tokenizer = word_tokenizer(max_length=16)
 
     vae = train_vae(args, run, accelerator)  # 1. the VAE
-    cache = build_cache(args, run, vae, tokenizer)  # 2. latents, once
+    if args.stop_after == "vae":
+        return
+    vae = generalize_decoder(args, run, accelerator, vae)  # 1b. its decoder, beyond the world's colors
+    if args.stop_after == "decoder":
+        return
+    cache = build_cache(args, run, vae, tokenizer)  # 2. latents, once (the encoder is stage 1's)
+    if args.stop_after == "cache":
+        return
     dit, t5 = train_dit(args, run, accelerator, cache, len(tokenizer))  # 3. DiT + text encoder
 
     if args.export:  # 4. the pipeline folder

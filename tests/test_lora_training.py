@@ -54,7 +54,12 @@ def lora_weights(out):
 
 def test_trains_caches_once_and_skips_broken_files(setup, tmp_path):
     with pytest.warns(UserWarning, match=r"skipped 1 unusable file\(s\): broken.mp4: unreadable"):
-        main(args(setup, tmp_path / "a", "--train.max_steps", 30))
+        main(args(setup, tmp_path / "a", "--train.max_steps", 30, "--validation.prompts", "[a red circle stays still]",
+                  "--validation.every", 20, "--validation.num_inference_steps", 2))  # fmt: skip
+    videos = sorted(
+        p.relative_to(tmp_path / "a" / "validation") for p in (tmp_path / "a").glob("validation/*/*")
+    )
+    assert [str(v) for v in videos] == [f"step_0000{n}/00_a-red-circle-stays-still.mp4" for n in (20, 30)]
     rows = (tmp_path / "a" / "logs" / "train_log.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
     assert len(losses) == 30
@@ -157,7 +162,9 @@ def test_result_loads_in_diffusers_format_with_scale_fuse_and_unfuse(setup, tmp_
     reference.set_progress_bar_config(disable=True)
     reference.transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v",
                                                  "to_out.0", "ff.net.0.proj", "ff.net.2"]))  # fmt: skip
-    set_peft_model_state_dict(reference.transformer, load_file(tmp_path / "run/checkpoints/step_000008/adapter.safetensors"))
+    set_peft_model_state_dict(
+        reference.transformer, load_file(tmp_path / "run/checkpoints/step_000008/adapter.safetensors")
+    )
     expected = reference("a red circle moves right", num_inference_steps=2, output_type="np",
                          generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
     np.testing.assert_allclose(with_lora, expected, atol=1e-6)
@@ -174,6 +181,11 @@ def test_result_loads_in_diffusers_format_with_scale_fuse_and_unfuse(setup, tmp_
 def test_two_processes_equal_one_process_with_the_same_global_batch(setup, tmp_path):
     common = ("--train.max_steps", 4, "--checkpoints.every", 4)
     main(args(setup, tmp_path / "one", *common, "--train.batch_size", 4))
+    # Accumulation and gradient checkpointing change how, not what, is computed.
+    main(args(setup, tmp_path / "accumulated", *common, "--train.gradient_accumulation_steps", 2,
+              "--train.gradient_checkpointing", "true"))  # fmt: skip
+    a, b = lora_weights(tmp_path / "one"), lora_weights(tmp_path / "accumulated")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     two = subprocess.run(
         [*ACCELERATE_2, "-m", "vidgen.training.train_lora", *args(setup, tmp_path / "two", *common)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -198,14 +210,20 @@ def test_cli_lora_flags_and_prompts_split_across_two_processes(setup, tmp_path):
     assert np.abs(outputs["full"] - outputs["base"]).max() > 0
 
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red circle moves right\n# a comment\n\na blue square stays still\na green triangle\n")
+    prompts.write_text(
+        "a red circle moves right\n# a comment\n\na blue square stays still\na green triangle\n"
+    )
     r = subprocess.run(
         [*ACCELERATE_2, "-m", "vidgen.cli", "t2v", "--model", str(setup / "tiny"), "--steps", "2",
          "--prompts", str(prompts), "--output-dir", str(tmp_path / "many")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    names = ["0000_a-red-circle-moves-right.mp4", "0001_a-blue-square-stays-still.mp4", "0002_a-green-triangle.mp4"]
+    names = [
+        "0000_a-red-circle-moves-right.mp4",
+        "0001_a-blue-square-stays-still.mp4",
+        "0002_a-green-triangle.mp4",
+    ]
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == names
     written = [line for line in r.stdout.splitlines() if "wrote" in line]
     assert len(written) == 3 and {line.split("]")[0] for line in written} == {"[process 0", "[process 1"}

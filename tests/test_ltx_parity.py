@@ -74,3 +74,30 @@ def test_ltx_folder_switches_pipelines_with_from_pipe(ltx_folder):
     t2v = VidGenPipeline.from_pretrained(ltx_folder)
     i2v = VidGenImageToVideoPipeline.from_pipe(t2v)
     assert i2v.transformer is t2v.transformer and i2v.vae is t2v.vae
+
+
+def test_lora_trained_on_an_ltx_folder_loads_in_diffusers_ltx_pipeline(ltx_folder, tmp_path):
+    from vidgen.data import shapes
+    from vidgen.training.train_lora import main as train_lora
+    from vidgen.video_io import export_to_video
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        clip = shapes.sample_clip(i, num_frames=9)
+        export_to_video(clip.frames, data / f"c{i}.mp4", fps=25)
+        (data / f"c{i}.txt").write_text(clip.caption)
+    train_lora([
+        "--pretrained_model", str(ltx_folder), "--output_dir", str(tmp_path / "lora"), "--data.path", str(data),
+        "--data.buckets", "[9x32x32]", "--data.fps", "25", "--train.max_steps", "4", "--train.batch_size", "2",
+        "--train.learning_rate", "1e-2", "--lora.rank", "4", "--train.first_frame_p", "0.5",
+        "--logging.report_to", "none",
+    ])  # fmt: skip
+    prompt = dict(prompt="a red circle moves right", negative_prompt="blue")
+    base = _run(LTXPipeline.from_pretrained(ltx_folder), **prompt)
+    reference, ours = LTXPipeline.from_pretrained(ltx_folder), VidGenPipeline.from_pretrained(ltx_folder)
+    for pipe in (reference, ours):
+        pipe.load_lora_weights(tmp_path / "lora")
+    reference, ours = _run(reference, **prompt), _run(ours, **prompt)
+    assert np.abs(reference - base).max() > 1e-3  # the LoRA changes diffusers' own LTX pipeline
+    assert np.abs(ours - reference).max() <= 1e-4  # and ours the same way

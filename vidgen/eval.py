@@ -31,13 +31,17 @@ class Detection:
     shape: str
 
 
-def detect(frame: np.ndarray) -> list[Detection]:
+def detect(frame: np.ndarray, colors: dict | None = None) -> list[Detection]:
     """Objects in one ``(H, W, 3)`` uint8 frame: connected non-black regions, each colored by the
-    majority palette color of its pixels (one object per color: the largest region wins)."""
+    majority palette color of its pixels (one object per color: the largest region wins).
+
+    ``colors``: the palette (default the world's ``shapes.COLORS``; add ``shapes.NEW_COLORS`` to
+    recognise taught concepts)."""
     H, W, _ = frame.shape
     scale = min(H, W) / shapes.NATIVE_SIZE
-    names = [None, *shapes.COLORS]
-    palette = np.array([(0, 0, 0), *shapes.COLORS.values()], float)
+    colors = shapes.COLORS if colors is None else colors
+    names = [None, *colors]
+    palette = np.array([(0, 0, 0), *colors.values()], float)
     nearest = ((frame[..., None, :].astype(float) - palette) ** 2).sum(-1).argmin(-1)  # (H, W), 0 = black
     regions, n = ndimage.label(nearest > 0, structure=np.ones((3, 3)))
     if n == 0:
@@ -107,12 +111,15 @@ class VideoReport:
 
 
 def read_video(
-    frames: np.ndarray, caption: str, judged_frames: int = shapes.DIRECTION_HOLDS_FRAMES + 1
+    frames: np.ndarray,
+    caption: str,
+    judged_frames: int = shapes.DIRECTION_HOLDS_FRAMES + 1,
+    colors: dict | None = None,
 ) -> VideoReport:
-    """Detect the caption's objects in ``(F, H, W, 3)`` uint8 frames."""
+    """Detect the caption's objects in ``(F, H, W, 3)`` uint8 frames (``colors``: as in :func:`detect`)."""
     expected = shapes.parse_caption(caption)
     scale = min(frames.shape[1:3]) / shapes.NATIVE_SIZE
-    per_frame = [detect(f) for f in frames]
+    per_frame = [detect(f, colors) for f in frames]
     report = VideoReport(expected, counts=[len(d) for d in per_frame])
     for color in {d.color for ds in per_frame for d in ds}:
         track = [(i, d) for i, ds in enumerate(per_frame) for d in ds if d.color == color]

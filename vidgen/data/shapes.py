@@ -34,6 +34,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 210, 220),
     "white": (240, 240, 240),
 }
+# Colors the world never shows in training: concepts to teach a trained model (the LoRA benchmark).
+# Captions say "an orange circle ..."; rendering and evaluation know them, sampling does not.
+NEW_COLORS: dict[str, tuple[int, int, int]] = {"orange": (255, 140, 0)}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MOTIONS = (*DIRECTIONS, "still")
@@ -53,7 +56,7 @@ class ShapeObject:
     motion: str  # a direction, or "still"
 
     def __post_init__(self):
-        if self.color not in COLORS or self.shape not in SHAPES or self.motion not in MOTIONS:
+        if self.color not in COLORS | NEW_COLORS or self.shape not in SHAPES or self.motion not in MOTIONS:
             raise ValueError(
                 f"unknown object {self}: colors {list(COLORS)}, shapes {SHAPES}, motions {MOTIONS}"
             )
@@ -61,7 +64,8 @@ class ShapeObject:
     @property
     def caption(self) -> str:
         verb = "stays still" if self.motion == "still" else f"moves {self.motion}"
-        return f"a {self.color} {self.shape} {verb}"
+        article = "an" if self.color[0] in "aeiou" else "a"
+        return f"{article} {self.color} {self.shape} {verb}"
 
 
 @dataclass
@@ -85,9 +89,9 @@ def parse_caption(caption: str) -> tuple[ShapeObject, ...]:
     objects = []
     for part in caption.strip().split(" and "):
         words = part.split()
-        if len(words) == 5 and words[0] == "a" and words[3] == "moves":
+        if len(words) == 5 and words[0] in ("a", "an") and words[3] == "moves":
             objects.append(ShapeObject(words[1], words[2], words[4]))
-        elif len(words) == 5 and words[0] == "a" and words[3:] == ["stays", "still"]:
+        elif len(words) == 5 and words[0] in ("a", "an") and words[3:] == ["stays", "still"]:
             objects.append(ShapeObject(words[1], words[2], "still"))
         else:
             raise ValueError(f"not a Shapes-world caption: {caption!r}")
@@ -171,9 +175,17 @@ def render_masks(objects, centers, radii, height, width) -> np.ndarray:
 
 
 def render_clip(
-    objects, seed: int, height: int = NATIVE_SIZE, width: int = NATIVE_SIZE, num_frames: int = NATIVE_FRAMES
+    objects,
+    seed: int,
+    height: int = NATIVE_SIZE,
+    width: int = NATIVE_SIZE,
+    num_frames: int = NATIVE_FRAMES,
+    colors: dict | None = None,
 ) -> Clip:
-    """Render ``objects`` (from a caption) with sizes, speeds and starts drawn from ``seed``."""
+    """Render ``objects`` (from a caption) with sizes, speeds and starts drawn from ``seed``.
+
+    ``colors`` maps color names to RGB instead of the world's palette (e.g. random colors, to teach a
+    VAE decoder colors beyond the world's)."""
     objects = tuple(objects)
     if not 1 <= len(objects) <= 2:
         raise ValueError(f"a clip has one or two objects; got {len(objects)}")
@@ -205,7 +217,7 @@ def render_clip(
     frames = np.zeros((num_frames, height, width, 3), np.uint8)
     masks = render_masks(objects, centers, radii, height, width)
     for k, obj in enumerate(objects):
-        frames[masks[:, k]] = COLORS[obj.color]
+        frames[masks[:, k]] = (colors or COLORS | NEW_COLORS)[obj.color]
     return Clip(frames, caption_of(objects), objects, centers, velocities, radii)
 
 

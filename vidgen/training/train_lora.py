@@ -54,7 +54,10 @@ RESUMABLE_CHANGES = ("train.max_steps", "checkpoints", "validation", "logging")
 
 def parse_args(argv=None) -> LoraTrainingConfig:
     p = argparse.ArgumentParser(
-        prog="vidgen train-lora", description="LoRA fine-tuning of a vidgen pipeline."
+        prog="vidgen train-lora",
+        description="LoRA fine-tuning of a vidgen pipeline.",
+        epilog="Any config key can be overridden: --section.key value (e.g. --train.max_steps 300 --lora.rank 8); "
+        "configs/lora_example.yaml documents every key.",
     )
     p.add_argument("--config", default=None, help="YAML file (see configs/lora_example.yaml)")
     args, overrides = p.parse_known_args(argv)
