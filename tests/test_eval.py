@@ -32,3 +32,32 @@ def test_wrong_videos_are_caught():
     assert ev.read_video(clip.frames, "a red square moves right").per_object("shape") == [False]
     assert ev.read_video(clip.frames, "a red circle moves left").per_object("motion") == [False]
     assert not ev.read_video(np.zeros_like(clip.frames), clip.caption).count_ok
+
+
+def test_a_taught_color_is_read_only_with_the_extended_palette():
+    objects = (
+        shapes.ShapeObject("orange", "triangle", "left"),
+        shapes.ShapeObject("blue", "circle", "still"),
+    )
+    clip = shapes.render_clip(objects, 9)
+    assert clip.caption == "an orange triangle moves left and a blue circle stays still"
+    assert shapes.parse_caption(clip.caption) == objects
+    assert (clip.frames == shapes.NEW_COLORS["orange"]).all(-1).any()
+    extended = ev.summarize(
+        [ev.read_video(clip.frames, clip.caption, colors=shapes.COLORS | shapes.NEW_COLORS)]
+    )
+    assert extended["color"] == extended["shape"] == extended["direction"] == 100.0
+    world_only = ev.read_video(clip.frames, clip.caption)  # orange is read as a world color
+    assert "orange" not in world_only.found and len(world_only.found) == 2
+    assert all(o.color != "orange" for o in shapes.all_single_objects())  # never sampled for training
+
+
+def test_a_taught_size_is_measured_by_the_bounding_box():
+    big = shapes.ShapeObject("red", "square", "right", size="big")
+    clip = shapes.render_clip((big, shapes.ShapeObject("blue", "circle", "still")), 12)
+    assert clip.caption == "a big red square moves right and a blue circle stays still"
+    assert shapes.parse_caption(clip.caption) == clip.objects
+    report = ev.read_video(clip.frames, clip.caption)
+    assert report.sides["red"] >= ev.BIG_SIDE > 18 >= report.sides["blue"]
+    world = [ev.read_video(c.frames, c.caption) for c in map(shapes.sample_clip, range(40))]
+    assert max(side for r in world for side in r.sides.values()) < ev.BIG_SIDE  # the world has no big ones

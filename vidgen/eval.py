@@ -21,6 +21,7 @@ from .data import shapes
 MIN_AREA = 30  # pixels at 64x64; the smallest object (triangle, r = 6) has 72
 MIN_RELATIVE_AREA = 0.15  # and at least this share of the largest object's area
 STILL_PIXELS = 2.0  # total centroid travel over the judged frames below this (at 64x64) is "still"
+BIG_SIDE = 22.0  # bounding-box side (at 64x64) from which an object is "big": the world's are at most 18
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Detection:
     area: float
     centroid: np.ndarray  # (x, y) pixels: the bounding-box centre, which is the world's object centre
     shape: str
+    side: float = 0.0  # the bounding box's longer side, pixels
 
 
 def detect(frame: np.ndarray, colors: dict | None = None) -> list[Detection]:
@@ -57,7 +59,7 @@ def detect(frame: np.ndarray, colors: dict | None = None) -> list[Detection]:
         mask = np.zeros((y1 - y0, x1 - x0), bool)
         mask[ys - y0, xs - x0] = True
         center = np.array([(x0 + x1) / 2, (y0 + y1) / 2])  # the bounding box's centre
-        found[color] = Detection(color, float(len(xs)), center, classify_shape(mask))
+        found[color] = Detection(color, float(len(xs)), center, classify_shape(mask), float(max(mask.shape)))
     return list(found.values())
 
 
@@ -92,6 +94,7 @@ class VideoReport:
     found: dict = field(default_factory=dict)  # color -> (shape, motion)
     counts: list = field(default_factory=list)  # objects per frame
     areas: dict = field(default_factory=dict)  # color -> per-frame areas
+    sides: dict = field(default_factory=dict)  # color -> median bounding-box side, pixels at 64x64
 
     @property
     def count_ok(self) -> bool:
@@ -130,6 +133,7 @@ def read_video(
         motion = classify_motion(early, scale) if len(early) >= 2 else "still"
         report.found[color] = (max(set(votes), key=votes.count), motion)
         report.areas[color] = [d.area for _, d in track]
+        report.sides[color] = float(np.median([d.side for _, d in track])) / scale
     return report
 
 

@@ -41,6 +41,8 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MOTIONS = (*DIRECTIONS, "still")
 RADIUS_RANGE = (6.0, 9.0)  # pixels at 64x64
+# Sizes the world never shows in training ("a big red circle ..."), for teaching a trained model.
+RADIUS_RANGES = {"normal": RADIUS_RANGE, "big": (13.0, 15.0)}
 SPEED_RANGE = (1.5, 2.5)  # pixels per frame at 64x64
 DIRECTION_HOLDS_FRAMES = 8
 # Seeds at or above this value are for evaluation only; training draws below it.
@@ -54,18 +56,22 @@ class ShapeObject:
     color: str
     shape: str
     motion: str  # a direction, or "still"
+    size: str = "normal"  # "big" only for taught concepts; the world's captions never say it
 
     def __post_init__(self):
-        if self.color not in COLORS | NEW_COLORS or self.shape not in SHAPES or self.motion not in MOTIONS:
+        known = self.color in COLORS | NEW_COLORS and self.shape in SHAPES and self.motion in MOTIONS
+        if not known or self.size not in RADIUS_RANGES:
             raise ValueError(
-                f"unknown object {self}: colors {list(COLORS)}, shapes {SHAPES}, motions {MOTIONS}"
+                f"unknown object {self}: colors {list(COLORS)}, shapes {SHAPES}, motions {MOTIONS}, "
+                f"sizes {list(RADIUS_RANGES)}"
             )
 
     @property
     def caption(self) -> str:
         verb = "stays still" if self.motion == "still" else f"moves {self.motion}"
-        article = "an" if self.color[0] in "aeiou" else "a"
-        return f"{article} {self.color} {self.shape} {verb}"
+        words = ([] if self.size == "normal" else [self.size]) + [self.color]
+        article = "an" if words[0][0] in "aeiou" else "a"
+        return " ".join([article, *words, self.shape, verb])
 
 
 @dataclass
@@ -89,10 +95,13 @@ def parse_caption(caption: str) -> tuple[ShapeObject, ...]:
     objects = []
     for part in caption.strip().split(" and "):
         words = part.split()
+        size = "normal"
+        if len(words) == 6 and words[1] in RADIUS_RANGES and words[1] != "normal":
+            size = words.pop(1)
         if len(words) == 5 and words[0] in ("a", "an") and words[3] == "moves":
-            objects.append(ShapeObject(words[1], words[2], words[4]))
+            objects.append(ShapeObject(words[1], words[2], words[4], size))
         elif len(words) == 5 and words[0] in ("a", "an") and words[3:] == ["stays", "still"]:
-            objects.append(ShapeObject(words[1], words[2], "still"))
+            objects.append(ShapeObject(words[1], words[2], "still", size))
         else:
             raise ValueError(f"not a Shapes-world caption: {caption!r}")
     return tuple(objects)
@@ -192,7 +201,7 @@ def render_clip(
     rng = np.random.default_rng(seed)
     scale = min(height, width) / NATIVE_SIZE
     size_xy = (width, height)
-    radii = np.array([rng.uniform(*RADIUS_RANGE) * scale for _ in objects])
+    radii = np.array([rng.uniform(*RADIUS_RANGES[o.size]) * scale for o in objects])
     speeds = [0.0 if o.motion == "still" else rng.uniform(*SPEED_RANGE) * scale for o in objects]
     check_frames = min(num_frames, NATIVE_FRAMES)
     for _ in range(1000):  # rejection sampling until the objects keep apart in the native clip
