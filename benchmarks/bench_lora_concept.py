@@ -107,6 +107,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--concept", choices=("big", "orange"), default="big")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder (default: the embedded model)")
     p.add_argument("--clips", type=int, default=50)
     p.add_argument("--steps", type=int, default=600, help="LoRA training steps")
     p.add_argument("--batch", type=int, default=8)
@@ -132,7 +133,7 @@ def main():
     lora_dir = out / "lora"
     tic = time.time()
     train_lora([
-        "--output_dir", str(lora_dir), "--data.path", str(data), "--data.buckets", "[17x64x64]",
+        "--pretrained_model", args.model, "--output_dir", str(lora_dir), "--data.path", str(data), "--data.buckets", "[17x64x64]",
         "--train.max_steps", str(args.steps), "--train.batch_size", str(args.batch),
         "--train.learning_rate", str(args.lr), "--lora.rank", str(args.rank), "--lora.alpha", str(args.rank),
         "--train.lr_scheduler", "cosine", "--train.lr_warmup_steps", "20", "--train.first_frame_p", "0.15",
@@ -143,7 +144,7 @@ def main():
 
     # 3. Evaluation with and without the LoRA.
     standard = [c.caption for c in evaluation_set(args.eval_standard)]
-    pipe = VidGenPipeline.from_pretrained(DEFAULT_MODEL)
+    pipe = VidGenPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     rows = {}
     for name in ("base", "lora"):

@@ -8,10 +8,9 @@ Stages (each skipped when its output exists; a killed run resumes from its last 
 1. VAE: ``VidGenVideoAutoencoder`` on 5-frame windows of freshly rendered clips (a causal convolutional
    VAE learns filters that apply to any length, at a third of the cost of 17-frame clips). The decoder
    also learns to finish denoising: a share of the batches decode latents noised at ``t ~ U[0, 0.15]``.
-1b. Decoder generalisation: trained on the world's seven colors only, the decoder snaps every color to
-   the nearest of them (orange decodes as red), so no fine-tune of the DiT could ever teach a new color.
-   With the encoder frozen (the latent space, the cache and the DiT stay as they are), the decoder is
-   trained on, half and half, the world's clips and clips whose objects take random colors.
+   ``--vae-random-colors 0.5`` gives half of the VAE's clips objects of random colors: a VAE that has
+   seen only the world's seven colors decodes any other as the nearest of them (orange comes out red),
+   and then no fine-tune of the DiT can teach a new color.
 2. Latent cache: N training clips (17 frames) encoded once, with captions and object-token masks.
 3. DiT + text encoder: flow matching with VDT masks (given tokens clean at per-token timestep 0, loss
    only on generated tokens), object tokens weighted up (the black background is learned first and is
@@ -64,8 +63,14 @@ def parse_args():
         "--vae-noise-prob", type=float, default=0.25, help="share of steps that decode noised latents"
     )
     p.add_argument("--vae-batch", type=int, default=12)
-    p.add_argument("--decoder-steps", type=int, default=1000, help="stage 1b: decoder on random colors")
-    p.add_argument("--stop-after", choices=("vae", "decoder", "cache", "dit"), default=None)
+    p.add_argument(
+        "--vae-random-colors",
+        type=float,
+        default=0.0,
+        help="share of VAE clips whose objects take random colors",
+    )
+    p.add_argument("--vae-channels", default="32,48,64", help="VAE block widths, comma-separated")
+    p.add_argument("--stop-after", choices=("vae", "cache"), default=None, help="stop after this stage")
     p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
     p.add_argument("--dit-steps", type=int, default=3800)
     p.add_argument("--dit-batch", type=int, default=24)
@@ -81,14 +86,14 @@ def parse_args():
 # --------------------------------------------------------------------------------------------------
 # Helpers: data, checkpoints.
 def render_batch(
-    seeds, num_frames=17, window=None, random_colors=False
+    seeds, num_frames=17, window=None, random_colors: float = 0.0
 ) -> tuple[torch.Tensor, list[str], np.ndarray]:
     """Pixels ``(B, 3, F, 64, 64)`` in [-1, 1], captions, object masks ``(B, F, 64, 64)``.
-    ``random_colors``: every other clip's objects take random colors (bright enough to tell from black)."""
+    ``random_colors``: the share of clips whose objects take random colors (one bright channel at least)."""
     clips = []
     for i, s in enumerate(seeds):
         colors = None
-        if random_colors and i % 2:
+        if (i + 0.5) / len(seeds) < random_colors:
             rng = np.random.default_rng([int(s), 0xC010])
             colors = {}
             for name in shapes.COLORS:
@@ -153,7 +158,8 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
     if (final / "config.json").exists():
         return VidGenVideoAutoencoder.from_pretrained(final)
     torch.manual_seed(args.seed)
-    vae = VidGenVideoAutoencoder(**VAE_CONFIG)
+    channels = tuple(int(c) for c in args.vae_channels.split(","))
+    vae = VidGenVideoAutoencoder(**(VAE_CONFIG | {"block_out_channels": channels}))
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     ckpt = run / "vae_ckpt"
     start, tensors, opt_state = latest_checkpoint(ckpt)
@@ -166,7 +172,9 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         start_frame = 4 * int(torch.randint(0, 4, (1,), generator=g))
         seeds = np.arange(step * args.vae_batch, (step + 1) * args.vae_batch) + 10_000_000
-        x, _, masks = render_batch(seeds, window=slice(start_frame, start_frame + 5))
+        x, _, masks = render_batch(
+            seeds, window=slice(start_frame, start_frame + 5), random_colors=args.vae_random_colors
+        )
         x = x.to(accelerator.device)
         weight = 1 + (args.vae_object_weight - 1) * torch.from_numpy(masks)[:, None].float().to(x.device)
         for group in opt.param_groups:
@@ -203,63 +211,6 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
         z = torch.cat([vae.encode(x[i : i + 32]).latent_dist.mode() for i in range(0, 256, 32)])
         vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))
         vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)))
-    vae.save_pretrained(final)
-    return vae
-
-
-# --------------------------------------------------------------------------------------------------
-# Stage 1b: the decoder learns colors beyond the world's; the encoder (and so the latent space) is frozen.
-def generalize_decoder(args, run: Path, accelerator: Accelerator, vae) -> VidGenVideoAutoencoder:
-    final = run / "vae_general"
-    if (final / "config.json").exists():
-        return VidGenVideoAutoencoder.from_pretrained(final)
-    if args.decoder_steps == 0:
-        return vae
-    decoder = [p for n, p in vae.named_parameters() if n.startswith(("dec_", "time_"))]
-    vae.requires_grad_(False)
-    for p in decoder:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(decoder, lr=1e-3, weight_decay=0.0)
-    ckpt = run / "decoder_ckpt"
-    start, tensors, opt_state = latest_checkpoint(ckpt)
-    if tensors is not None:
-        vae.load_state_dict(tensors)
-        opt.load_state_dict(opt_state)
-    vae, opt = accelerator.prepare(vae, opt)
-    tic = time.time()
-    for step in range(start, args.decoder_steps):
-        g = torch.Generator().manual_seed(args.seed * 3_000_017 + step)
-        start_frame = 4 * int(torch.randint(0, 4, (1,), generator=g))
-        seeds = np.arange(step * args.vae_batch, (step + 1) * args.vae_batch) + 30_000_000
-        x, _, masks = render_batch(seeds, window=slice(start_frame, start_frame + 5), random_colors=True)
-        x = x.to(accelerator.device)
-        weight = 1 + (args.vae_object_weight - 1) * torch.from_numpy(masks)[:, None].float().to(x.device)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, args.decoder_steps, 1e-3, warmup=50)
-        model = accelerator.unwrap_model(vae)
-        with torch.no_grad():
-            z = model.encode(x).latent_dist.mode()
-        t = torch.zeros(len(x), device=x.device)
-        if float(torch.rand((), generator=g)) < args.vae_noise_prob:  # keep the last denoising step
-            t = torch.rand(len(x), generator=g).to(x.device) * 0.15
-            noise = torch.randn(z.shape, generator=g).to(z)
-            z = (1 - t.view(-1, 1, 1, 1, 1)) * z + t.view(-1, 1, 1, 1, 1) * noise
-        y = model.decode(z, t).sample
-        loss = (weight * (y - x) ** 2).mean()
-        opt.zero_grad()
-        accelerator.backward(loss)
-        opt.step()
-        if step % 25 == 0 or step == args.decoder_steps - 1:
-            psnr = 10 * math.log10(4 / F.mse_loss(y.clamp(-1, 1), x).item())
-            log(
-                run,
-                "decoder_log",
-                {"step": step, "loss": loss.item(), "psnr_db": psnr, "seconds": time.time() - tic},
-            )
-            print(f"decoder step {step} loss {loss.item():.4f} psnr {psnr:.1f} dB", flush=True)
-        if (step + 1) % args.checkpoint_every == 0:
-            save_checkpoint(ckpt, step + 1, model.state_dict(), opt)
-    vae = accelerator.unwrap_model(vae).eval().requires_grad_(False)
     vae.save_pretrained(final)
     return vae
 
@@ -387,10 +338,7 @@ def main():
     vae = train_vae(args, run, accelerator)  # 1. the VAE
     if args.stop_after == "vae":
         return
-    vae = generalize_decoder(args, run, accelerator, vae)  # 1b. its decoder, beyond the world's colors
-    if args.stop_after == "decoder":
-        return
-    cache = build_cache(args, run, vae, tokenizer)  # 2. latents, once (the encoder is stage 1's)
+    cache = build_cache(args, run, vae, tokenizer)  # 2. latents, once
     if args.stop_after == "cache":
         return
     dit, t5 = train_dit(args, run, accelerator, cache, len(tokenizer))  # 3. DiT + text encoder
