@@ -59,12 +59,14 @@ def with_companion(obj, rng):
     return (obj, others[rng.integers(len(others))])
 
 
-def training_clips(concept: str, n: int) -> list[shapes.Clip]:
+def training_clips(concept: str, n: int, ordinary: int = 0) -> list[shapes.Clip]:
+    """``n`` clips: ``ordinary`` of them plain Shapes clips (to keep what the model knows), the rest
+    with the concept."""
     trained, _ = concept_objects(concept)
     rng = np.random.default_rng(7)
     order = rng.permutation(len(trained))
-    clips = []
-    for i in range(n):
+    clips = [shapes.sample_clip(SEED_BASE + 10_000 + i) for i in range(ordinary)]
+    for i in range(n - ordinary):
         obj = trained[order[i % len(trained)]]
         objects = (obj,) if i % 2 == 0 else with_companion(obj, rng)
         clips.append(shapes.render_clip(objects, SEED_BASE + i))
@@ -109,6 +111,9 @@ def main():
     p.add_argument("--concept", choices=("big", "orange"), default="big")
     p.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder (default: the embedded model)")
     p.add_argument("--clips", type=int, default=50)
+    p.add_argument(
+        "--ordinary", type=int, default=0, help="of the clips, plain Shapes clips without the concept"
+    )
     p.add_argument("--steps", type=int, default=600, help="LoRA training steps")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -121,7 +126,7 @@ def main():
 
     # 1. Data.
     data = out / "data"
-    clips = training_clips(args.concept, args.clips)
+    clips = training_clips(args.concept, args.clips, args.ordinary)
     if not data.exists():
         data.mkdir(parents=True)
         for i, clip in enumerate(clips):

@@ -208,6 +208,12 @@ def test_cli_lora_flags_and_prompts_split_across_two_processes(setup, tmp_path):
         outputs[name] = np.stack([np.asarray(f) for f in load_video(tmp_path / name)]).astype(int)
     assert np.array_equal(outputs["zero"], outputs["base"])
     assert np.abs(outputs["full"] - outputs["base"]).max() > 0
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "vidgen.cli", "eval", "--model", str(setup / "tiny"), "--num", "1", "--tasks", "t2v",
+         "--steps", "1", "--lora", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert evaluated.returncode == 0 and "| t2v |" in evaluated.stdout, evaluated.stderr[-2000:]
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
+    evaluate.add_argument("--lora", default=None, help="evaluate with these LoRA weights")
+    evaluate.add_argument(
+        "--lora-scale", type=float, default=None, help="with --lora: its strength (default 1)"
+    )
     commands.add_parser(
         "train-lora", add_help=False,
         help="LoRA fine-tuning: vidgen train-lora --config config.yaml [--section.key value ...]",
@@ -298,6 +302,7 @@ def run_eval(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = _load_pipeline(VidGenPipeline, args.model, args.dtype, device)
     pipe.set_progress_bar_config(disable=True)
+    _load_lora(pipe, args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = set(tasks) - {"t2v", "i2v", "predict", "interpolate"}
     if unknown:
