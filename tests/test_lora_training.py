@@ -85,6 +85,10 @@ def test_empty_dataset_and_reused_output_dir_are_clear_errors(setup, tmp_path):
         main(args(setup, tmp_path / "run", "--train.max_steps", 2, "--checkpoints.resume", "none"))
     with pytest.raises(ValueError, match=r"lora\.rank.*differ"):
         main(args(setup, tmp_path / "run", "--train.max_steps", 4, "--lora.rank", 8))
+    with pytest.raises(ValueError, match="global batch of 2"):
+        main(args(setup, tmp_path / "run", "--train.max_steps", 4, "--train.batch_size", 4))
+    with pytest.raises(ValueError, match="below the run's last checkpoint"):
+        main(args(setup, tmp_path / "run", "--train.max_steps", 1))
 
 
 KILLER = textwrap.dedent(

@@ -259,6 +259,7 @@ def run_prompts(args, state) -> int:
             f"--output-dir {out} already holds {len(existing)} of the videos (e.g. {existing[0]}); "
             "pass --overwrite to replace them"
         )
+    state.wait_for_everyone()  # every process has checked before any writes
     device = args.device or state.device
     pipe = _load_pipeline(VidGenPipeline, args.model, args.dtype, device)
     _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)

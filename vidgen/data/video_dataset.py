@@ -100,7 +100,11 @@ def discover_media(
         if not caption_file.exists():
             problems.append(f"{p.name}: no caption file {caption_file.name}")
             continue
-        caption = caption_file.read_text(encoding="utf-8").strip()
+        try:
+            caption = caption_file.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            problems.append(f"{p.name}: caption file {caption_file.name} is not UTF-8 text")
+            continue
         if not caption:
             problems.append(f"{p.name}: empty caption")
             continue
@@ -114,9 +118,12 @@ def _read_metadata(path: Path, video_column, caption_column) -> tuple[list[Media
             rows = list(csv.DictReader(f))
     elif path.suffix.lower() in (".jsonl", ".json"):
         text = path.read_text(encoding="utf-8")
-        rows = json.loads(text) if path.suffix.lower() == ".json" else [
-            json.loads(line) for line in text.splitlines() if line.strip()
-        ]  # fmt: skip
+        try:
+            rows = json.loads(text) if path.suffix.lower() == ".json" else [
+                json.loads(line) for line in text.splitlines() if line.strip()
+            ]  # fmt: skip
+        except json.JSONDecodeError as e:
+            raise ValueError(f"data.path {path}: not valid JSON at line {e.lineno}: {e.msg}") from None
     else:
         raise ValueError(f"data.path {path}: metadata must be .csv, .jsonl or .json")
     if not rows:
@@ -145,30 +152,36 @@ def _read_metadata(path: Path, video_column, caption_column) -> tuple[list[Media
 
 # --------------------------------------------------------------------------------------------------
 # Reading and preprocessing.
-def read_frames(path: Path) -> tuple[np.ndarray, float | None]:
-    """``(F, H, W, 3)`` uint8 frames and the file's frame rate (``None`` for images or when unknown)."""
+def read_frames(path: Path, fps: float, max_frames: int) -> np.ndarray:
+    """``(F, H, W, 3)`` uint8 frames sampled at ``fps`` (at most ``max_frames``), decoded as a stream so
+    that a long video never sits whole in memory. An unknown source rate counts as ``fps``."""
     import imageio.v3 as iio
 
     try:
         if path.suffix.lower() in IMAGE_EXTENSIONS:
-            return np.asarray(PIL.Image.open(path).convert("RGB"))[None], None
-        frames = iio.imread(path)
+            return np.asarray(PIL.Image.open(path).convert("RGB"))[None]
         meta = iio.immeta(path)
+        source = meta.get("fps")
+        if not source and path.suffix.lower() == ".gif" and meta.get("duration"):
+            source = 1000.0 / float(meta["duration"])  # per-frame duration in milliseconds
+        source = float(source) if source and math.isfinite(float(source)) and float(source) > 0 else fps
+        step, kept = source / fps, []
+        for i, frame in enumerate(iio.imiter(path)):
+            while len(kept) < max_frames and round(len(kept) * step) == i:
+                kept.append(np.asarray(frame))
+            if len(kept) == max_frames:
+                break
     except Exception as e:  # any decoder error: the file is unusable
-        raise SkipMedia(
-            f"{path.name}: unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-        ) from None
-    frames = np.asarray(frames)
-    if frames.ndim == 3:  # a single grayscale or RGB frame
-        frames = frames[None] if frames.shape[-1] in (3, 4) else frames[..., None]
-    if frames.ndim != 4 or len(frames) == 0:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SkipMedia(f"{path.name}: unreadable ({reason})") from None
+    if not kept:
         raise SkipMedia(f"{path.name}: no frames")
+    frames = np.stack(kept)
+    if frames.ndim == 3:  # grayscale
+        frames = frames[..., None]
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, -1)
-    fps = meta.get("fps")
-    if not fps and meta.get("duration"):  # gif: per-frame duration in milliseconds
-        fps = 1000.0 / float(meta["duration"])
-    return frames[..., :3].astype(np.uint8), (float(fps) if fps else None)
+    return frames[..., :3].astype(np.uint8)
 
 
 def choose_bucket(buckets: list[Bucket], available_frames: int, height: int, width: int) -> Bucket | None:
@@ -192,17 +205,17 @@ def load_clip(item: MediaItem, buckets: list[Bucket], fps: float) -> tuple[np.nd
             raise SkipMedia(f"{item.path.name}: an image needs a one-frame bucket (1xHxW) in data.buckets")
     elif any(b.frames > 1 for b in buckets):
         buckets = [b for b in buckets if b.frames > 1]
-    frames, source_fps = read_frames(item.path)
-    step = 1.0 if item.is_image or not source_fps else source_fps / fps
-    available = 1 if item.is_image else int(math.floor((len(frames) - 1) / step)) + 1
+    frames = read_frames(item.path, fps, max(b.frames for b in buckets))
+    available = len(frames)
     bucket = choose_bucket(buckets, available, frames.shape[1], frames.shape[2])
     if bucket is None:
         shortest = min(b.frames for b in buckets)
         raise SkipMedia(
             f"{item.path.name}: too short ({available} frames at {fps:g} fps; the shortest video bucket has {shortest})"
         )
-    indices = np.round(np.arange(bucket.frames) * step).astype(int)
-    return np.stack([resize_center_crop(frames[i], bucket.height, bucket.width) for i in indices]), bucket
+    return np.stack(
+        [resize_center_crop(f, bucket.height, bucket.width) for f in frames[: bucket.frames]]
+    ), bucket
 
 
 def resize_center_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -22,7 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from ..data.video_dataset import Bucket, MediaItem, SkipMedia, load_clip
 
-EMPTY_PROMPT_ENTRY = "empty_prompt.safetensors"
+
+def empty_prompt_entry(max_sequence_length: int) -> str:
+    return f"empty_prompt_{max_sequence_length}.safetensors"  # padded to the text length
 
 
 @dataclass(frozen=True)
@@ -114,10 +116,12 @@ def build_cache(
     """
     folder = Path(cache_dir) / model_fingerprint(pipe)
     folder.mkdir(parents=True, exist_ok=True)
-    if process_index == 0 and not (folder / EMPTY_PROMPT_ENTRY).exists():  # for caption dropout
+    if (
+        process_index == 0 and not (folder / empty_prompt_entry(max_sequence_length)).exists()
+    ):  # for caption dropout
         embeds, mask = encode_text(pipe, [""], max_sequence_length, device)
         _write_atomic({"prompt_embeds": embeds[0].cpu(), "prompt_attention_mask": mask[0].to(torch.uint8).cpu()},
-                      folder / EMPTY_PROMPT_ENTRY)  # fmt: skip
+                      folder / empty_prompt_entry(max_sequence_length))  # fmt: skip
     problems = []
     for i, item in enumerate(items):
         if i % num_processes != process_index:
@@ -163,7 +167,4 @@ def collect_cache(
 def warn_skipped(problems: list[str]) -> None:
     """One warning that counts and names the unusable files."""
     if problems:
-        shown = "; ".join(problems[:20]) + (
-            f"; ... ({len(problems) - 20} more)" if len(problems) > 20 else ""
-        )
-        warnings.warn(f"skipped {len(problems)} unusable file(s): {shown}", stacklevel=2)
+        warnings.warn(f"skipped {len(problems)} unusable file(s): {'; '.join(problems)}", stacklevel=2)

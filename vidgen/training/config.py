@@ -118,6 +118,13 @@ class LoraTrainingConfig:
             (self.data.fps > 0, f"data.fps must be > 0; got {self.data.fps}"),
             (self.logging.report_to in ("auto", "tensorboard", "none"), "logging.report_to: auto|tensorboard|none"),
         ]  # fmt: skip
+        lists = (
+            ("validation.prompts", self.validation.prompts, (str,)),
+            ("lora.target_modules", self.lora.target_modules, (str,)),
+            ("data.buckets", self.data.buckets, (str, list)),
+        )
+        for name, values, types in lists:
+            rules.append((all(isinstance(v, types) for v in values), f"{name} must be a list of strings"))
         for ok, message in rules:
             if not ok:
                 raise ValueError(message)
@@ -216,7 +223,7 @@ def _coerce(value, hint, name: str, text: str | None = None):
             return str(value if text is None else text)
         if base is list:
             return list(value) if isinstance(value, list | tuple) else [value]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     else:
         return value

@@ -13,7 +13,7 @@ Reproducibility is by construction: the data order is a function of ``(seed, epo
 sample's noise, noise level, caption dropout and mask a function of ``(seed, step, position in the
 global batch)``. A run resumed from a checkpoint (even after SIGKILL) therefore ends with the same
 weights as an uninterrupted one, and N processes with micro-batch B/N compute the same global batch as
-one process with micro-batch B.
+one process with micro-batch B (with ``lora.dropout: 0``: dropout masks are drawn per micro-batch).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import datetime
 import importlib.util
 import json
 import math
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import InitProcessGroupKwargs, gather_object
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ..data.video_dataset import discover_media, parse_buckets
 from ..masks import sample_training_mask
-from .cache import EMPTY_PROMPT_ENTRY, build_cache, collect_cache, warn_skipped
+from .cache import build_cache, collect_cache, empty_prompt_entry, warn_skipped
 from .config import LoraTrainingConfig, load_config
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -129,7 +130,7 @@ def prepare_data(config: LoraTrainingConfig, pipe, accelerator: Accelerator):
     clips = collect_cache(folder, items, *args)
     if not clips:
         raise ValueError(f"data.path {config.data.path}: no usable clips ({len(problems)} file(s) skipped)")
-    return clips, load_file(folder / EMPTY_PROMPT_ENTRY)
+    return clips, load_file(folder / empty_prompt_entry(text_length))
 
 
 def epoch_batches(clips, global_batch: int, seed: int, epoch: int) -> list[list[int]]:
@@ -216,10 +217,17 @@ def config_digest(config: LoraTrainingConfig) -> dict:
         else:
             d.pop(section, None)
     d.pop("output_dir", None)
+    for name in ("batch_size", "gradient_accumulation_steps"):  # compared as the global batch instead
+        d["train"].pop(name, None)
     return d
 
 
-def save_checkpoint(out: Path, step: int, transformer, optimizer, lr_scheduler, config, keep: int) -> None:
+def checkpoint_steps(out: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (temporary folders of interrupted writes are not among them)."""
+    return sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(out, step, transformer, optimizer, lr_scheduler, scaler, config, global_batch) -> None:
     folder = out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}.", dir=folder))
@@ -228,25 +236,44 @@ def save_checkpoint(out: Path, step: int, transformer, optimizer, lr_scheduler, 
     torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config_digest(config)}, indent=1))
+    if scaler is not None:  # fp16 loss scaling
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    state = {"step": step, "global_batch": global_batch, "config": config_digest(config)}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
     final = folder / f"step_{step:06d}"
     if final.exists():  # the same step written again after a resume: identical content
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in sorted(folder.glob("step_*"))[:-keep]:
+    for old in checkpoint_steps(out)[: -config.checkpoints.keep_last]:
         shutil.rmtree(old)
 
 
-def resume(out: Path, transformer, optimizer, lr_scheduler, config) -> int:
-    checkpoints = sorted((out / "checkpoints").glob("step_*"))
-    if config.checkpoints.resume == "none" or not checkpoints:
-        if checkpoints or (out / LORA_WEIGHT_NAME).exists():
+def resume(
+    out: Path, transformer, optimizer, lr_scheduler, config, global_batch: int
+) -> tuple[int, Path | None]:
+    """Restore the newest checkpoint; returns its step (0 for a fresh run) and folder."""
+    checkpoints = checkpoint_steps(out)
+    if config.checkpoints.resume == "none" and (checkpoints or (out / LORA_WEIGHT_NAME).exists()):
+        raise ValueError(
+            f"output_dir {out} already holds a run; choose another output_dir, or checkpoints.resume latest"
+        )
+    if not checkpoints:
+        if (out / LORA_WEIGHT_NAME).exists():
             raise ValueError(
-                f"output_dir {out} already holds a run; choose another output_dir, or checkpoints.resume latest"
+                f"output_dir {out} holds a finished LoRA but no checkpoints; choose another output_dir"
             )
-        return 0
+        return 0, None
     last = checkpoints[-1]
     state = json.loads((last / "state.json").read_text())
+    if state["step"] > config.train.max_steps:
+        raise ValueError(
+            f"train.max_steps {config.train.max_steps} is below the run's last checkpoint (step {state['step']})"
+        )
+    if state.get("global_batch") != global_batch:
+        raise ValueError(
+            f"the run in {out} used a global batch of {state.get('global_batch')} (batch_size x "
+            f"gradient_accumulation_steps x processes); now it is {global_batch}"
+        )
     ours, theirs = config_digest(config), state["config"]
     if ours != theirs:
         changed = sorted(_changed_keys(ours, theirs))
@@ -261,7 +288,7 @@ def resume(out: Path, transformer, optimizer, lr_scheduler, config) -> int:
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
-    return state["step"]
+    return state["step"], last
 
 
 def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -339,6 +366,8 @@ def main(argv=None) -> Path:
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), mixed_precision=config.train.mixed_precision,
         log_with=None if report_to == "none" else report_to, project_dir=out / "logs",
+        # Validation and the first cache build run while the other processes wait.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(hours=3))],
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     t = config.train
@@ -349,7 +378,7 @@ def main(argv=None) -> Path:
     transformer = pipe.transformer
     torch.manual_seed(config.seed)  # LoRA A matrices start from this seed
     lora = add_lora(transformer, config)
-    frame_rate = pipe.default_frame_rate
+    frame_rate = config.data.fps  # the clips' rate (LTX-Video's positions depend on it)
 
     # 2. Latents and text embeddings, computed once into the cache; the clips in a fixed order.
     clips, empty = prepare_data(config, pipe, accelerator)
@@ -360,10 +389,16 @@ def main(argv=None) -> Path:
     lr_scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.max_steps
     )
-    start = resume(out, transformer, optimizer, lr_scheduler, config)
+    if accelerator.is_main_process:  # temporary files of writes a kill interrupted
+        for stale in [*out.glob(".lora.*"), *(out / "checkpoints").glob(".step_*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    start, last = resume(out, transformer, optimizer, lr_scheduler, config, global_batch)
     model, optimizer = accelerator.prepare(transformer, optimizer)  # the LR schedule steps once per step
+    if last is not None and accelerator.scaler is not None and (last / "scaler.pt").exists():
+        accelerator.scaler.load_state_dict(torch.load(last / "scaler.pt", weights_only=True))
     if accelerator.is_main_process:
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (out / "resolved_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         accelerator.init_trackers("vidgen-lora", config={"rank": config.lora.rank, "lr": t.learning_rate})
     log = CSVLog(out / "logs" / "train_log.csv", start) if accelerator.is_main_process else None
     if log:
@@ -403,8 +438,8 @@ def main(argv=None) -> Path:
             accelerator.log({"loss": loss_value, "lr": lr}, step=done)
         if done % config.checkpoints.every == 0 or done == t.max_steps:
             if accelerator.is_main_process:
-                save_checkpoint(out, done, accelerator.unwrap_model(model), optimizer, lr_scheduler, config,
-                                config.checkpoints.keep_last)  # fmt: skip
+                save_checkpoint(out, done, accelerator.unwrap_model(model), optimizer, lr_scheduler,
+                                accelerator.scaler, config, global_batch)  # fmt: skip
             accelerator.wait_for_everyone()
         v = config.validation
         if v.prompts and ((v.every and done % v.every == 0) or done == t.max_steps):
