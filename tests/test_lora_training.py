@@ -14,10 +14,8 @@ from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from vidgen import VidGenPipeline, load_video
-from vidgen.data import shapes
-from vidgen.testing import tiny_components
+from vidgen.testing import tiny_components, write_shapes_clips
 from vidgen.training.train_lora import LORA_WEIGHT_NAME, main
-from vidgen.video_io import export_to_video
 
 ACCELERATE_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
@@ -29,10 +27,7 @@ def setup(tmp_path_factory):
     VidGenPipeline(**tiny_components()).save_pretrained(root / "tiny")
     data = root / "data"
     data.mkdir()
-    for i in range(6):
-        clip = shapes.sample_clip(i, num_frames=9)
-        export_to_video(clip.frames, data / f"clip{i}.mp4", fps=8)
-        (data / f"clip{i}.txt").write_text(clip.caption)
+    write_shapes_clips(data, 6)
     (data / "broken.mp4").write_bytes(b"not a video")
     (data / "broken.txt").write_text("a red circle moves left")
     return root

@@ -77,16 +77,12 @@ def test_ltx_folder_switches_pipelines_with_from_pipe(ltx_folder):
 
 
 def test_lora_trained_on_an_ltx_folder_loads_in_diffusers_ltx_pipeline(ltx_folder, tmp_path):
-    from vidgen.data import shapes
+    from vidgen.testing import write_shapes_clips
     from vidgen.training.train_lora import main as train_lora
-    from vidgen.video_io import export_to_video
 
     data = tmp_path / "data"
     data.mkdir()
-    for i in range(4):
-        clip = shapes.sample_clip(i, num_frames=9)
-        export_to_video(clip.frames, data / f"c{i}.mp4", fps=25)
-        (data / f"c{i}.txt").write_text(clip.caption)
+    write_shapes_clips(data, 4, fps=25)
     train_lora([
         "--pretrained_model", str(ltx_folder), "--output_dir", str(tmp_path / "lora"), "--data.path", str(data),
         "--data.buckets", "[9x32x32]", "--data.fps", "25", "--train.max_steps", "4", "--train.batch_size", "2",

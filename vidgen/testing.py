@@ -48,3 +48,16 @@ def tiny_components(layout: str = "full", vae_preset: str = "tiny-timestep", see
         transformer=tiny_transformer(layout, in_channels=vae.config.latent_channels, seed=seed),
         scheduler=VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG),
     )
+
+
+def write_shapes_clips(folder, n: int, num_frames: int = 9, fps: float = 8) -> None:
+    """``n`` Shapes clips as ``clip{i}.mp4`` with same-stem ``.txt`` captions: a tiny training set."""
+    from pathlib import Path
+
+    from .data import shapes
+    from .video_io import export_to_video
+
+    for i in range(n):
+        clip = shapes.sample_clip(i, num_frames=num_frames)
+        export_to_video(clip.frames, Path(folder) / f"clip{i}.mp4", fps=fps)
+        (Path(folder) / f"clip{i}.txt").write_text(clip.caption)

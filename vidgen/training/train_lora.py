@@ -234,8 +234,13 @@ def save_checkpoint(out, step, transformer, optimizer, lr_scheduler, scaler, con
     save_file(get_peft_model_state_dict(transformer), tmp / "adapter.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    torch.save(rng, tmp / "rng.pt")
+    np_state = np.random.get_state()
+    rng = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    (tmp / "rng.json").write_text(json.dumps(rng))
     if scaler is not None:  # fp16 loss scaling
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
     state = {"step": step, "global_batch": global_batch, "config": config_digest(config)}
@@ -284,10 +289,12 @@ def resume(
     set_peft_model_state_dict(transformer, load_file(last / "adapter.safetensors"))
     optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
     lr_scheduler.load_state_dict(torch.load(last / "lr_scheduler.pt", weights_only=True))
-    rng = torch.load(last / "rng.pt", weights_only=False)  # our own file: RNG states (numpy, tuples)
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
+    rng = json.loads((last / "rng.json").read_text())
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    kind, keys, *rest = rng["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    version, state, gauss = rng["python"]
+    random.setstate((version, tuple(state), gauss))
     return state["step"], last
 
 
