@@ -293,8 +293,8 @@ def resume(
     torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
     kind, keys, *rest = rng["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    version, state, gauss = rng["python"]
-    random.setstate((version, tuple(state), gauss))
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
     return state["step"], last
 
 
