@@ -424,8 +424,8 @@ def main(argv=None) -> Path:
             positions = list(range(first, first + t.batch_size))
             inputs = sample_inputs(pipe, config, clips, empty, [batch[j] for j in positions], positions, step)
             torch.manual_seed(config.seed * 1_000_003 + step * 4096 + first)  # LoRA dropout
-            last = micro == t.gradient_accumulation_steps - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            syncs = micro == t.gradient_accumulation_steps - 1  # gradients are averaged across processes
+            with contextlib.nullcontext() if syncs else accelerator.no_sync(model):
                 loss = flow_matching_loss(model, pipe, inputs, accelerator.device, frame_rate)
                 accelerator.backward(loss / t.gradient_accumulation_steps)
             loss_sum += loss.detach()
