@@ -329,17 +329,14 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "eval":
         return run_eval(args)
     _check_device(args)
+    state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
     if args.command == "t2v" and args.prompts is not None:
-        state = PartialState(
-            cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available())
-        )
         return run_prompts(args, state)
     if args.command == "t2v" and args.output_dir is not None:
         raise CLIError("--output-dir goes with --prompts; for one video pass --output")
     if args.command in ("t2v", "i2v") and args.prompt is None:
         raise CLIError("--prompt is required")
     _check_output(args.output, args.overwrite)
-    state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
     device = args.device or state.device
     extra = {}
     if args.command == "i2v":

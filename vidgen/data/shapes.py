@@ -193,8 +193,8 @@ def render_clip(
 ) -> Clip:
     """Render ``objects`` (from a caption) with sizes, speeds and starts drawn from ``seed``.
 
-    ``colors`` maps color names to RGB instead of the world's palette (e.g. random colors, to teach a
-    VAE decoder colors beyond the world's)."""
+    ``colors`` maps color names to RGB instead of the world's palette (e.g. random colors, so that a VAE
+    learns colors beyond the world's)."""
     objects = tuple(objects)
     if not 1 <= len(objects) <= 2:
         raise ValueError(f"a clip has one or two objects; got {len(objects)}")

@@ -31,7 +31,6 @@ def empty_prompt_entry(max_sequence_length: int) -> str:
 class CachedClip:
     path: Path  # the cache entry
     bucket: Bucket
-    source: str
 
     def load(self) -> dict[str, torch.Tensor]:
         return load_file(self.path)
@@ -40,9 +39,7 @@ class CachedClip:
 def _digest(*parts) -> str:
     h = hashlib.sha256()
     for part in parts:
-        h.update(
-            json.dumps(part, sort_keys=True, default=str).encode() if not isinstance(part, bytes) else part
-        )
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:20]
 
 
@@ -84,13 +81,6 @@ def _write_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> No
 
 
 @torch.no_grad()
-def encode_text(
-    pipe, captions: list[str], max_sequence_length: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return pipe._text_embeddings(captions, max_sequence_length, device, pipe.text_encoder.dtype)
-
-
-@torch.no_grad()
 def encode_frames(pipe, frames: np.ndarray, device) -> torch.Tensor:
     """``(F, H, W, 3)`` uint8 -> normalized latents ``(C, F', H', W')`` in fp32."""
     pixels = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, F, H, W)
@@ -98,6 +88,7 @@ def encode_frames(pipe, frames: np.ndarray, device) -> torch.Tensor:
     return pipe.normalize_latents(z.float())[0].cpu()
 
 
+@torch.no_grad()
 def build_cache(
     pipe,
     items: list[MediaItem],
@@ -119,7 +110,7 @@ def build_cache(
     if (
         process_index == 0 and not (folder / empty_prompt_entry(max_sequence_length)).exists()
     ):  # for caption dropout
-        embeds, mask = encode_text(pipe, [""], max_sequence_length, device)
+        embeds, mask = pipe._text_embeddings([""], max_sequence_length, device, pipe.text_encoder.dtype)
         _write_atomic({"prompt_embeds": embeds[0].cpu(), "prompt_attention_mask": mask[0].to(torch.uint8).cpu()},
                       folder / empty_prompt_entry(max_sequence_length))  # fmt: skip
     problems = []
@@ -134,7 +125,9 @@ def build_cache(
         except SkipMedia as e:
             problems.append(str(e))
             continue
-        embeds, mask = encode_text(pipe, [item.caption], max_sequence_length, device)
+        embeds, mask = pipe._text_embeddings(
+            [item.caption], max_sequence_length, device, pipe.text_encoder.dtype
+        )
         tensors = {
             "latents": encode_frames(pipe, frames, device),
             "prompt_embeds": embeds[0].cpu(),
@@ -160,7 +153,7 @@ def collect_cache(
         with safe_open(entry, "pt") as f:
             meta = f.metadata()
         f_, h, w = (int(v) for v in meta["bucket"].split("x"))
-        clips.append(CachedClip(entry, Bucket(f_, h, w), meta["source"]))
+        clips.append(CachedClip(entry, Bucket(f_, h, w)))
     return clips
 
 
