@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import PIL.Image
 import torch
 from diffusers import (
     AutoencoderKLLTXVideo,
@@ -388,16 +389,18 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
         guidance_scale: float,
         guidance_rescale: float = 0.0,
         attention_kwargs: dict | None = None,
+        transformer_kwargs: dict | None = None,
     ) -> torch.Tensor:
-        """Guided velocity for packed ``latents`` ``(B, N, C)`` at ``timestep`` ``(B,)`` or ``(B, N)``.
+        """Guided velocity for packed ``latents`` ``(B, N, C)`` at ``timestep`` ``(B,)``, ``(B, F)`` or ``(B, N)``.
 
         With guidance, ``prompt_embeds`` holds ``[negative; positive]`` (``2B`` rows) and the two
-        predictions are combined as ``v_u + g * (v_c - v_u)``.
+        predictions are combined as ``v_u + g * (v_c - v_u)``. ``transformer_kwargs`` go to the
+        transformer as they are (``frame_offset``, ``kv_cache``, ``update_kv_cache`` of a rollout).
         """
         do_cfg = prompt_embeds.shape[0] == 2 * latents.shape[0]
         model_input = torch.cat([latents, latents]) if do_cfg else latents
         timestep = torch.cat([timestep, timestep]) if do_cfg else timestep
-        extra = self.transformer_extra_kwargs(frame_rate)
+        extra = {**self.transformer_extra_kwargs(frame_rate), **(transformer_kwargs or {})}
         F, H, W = grid
         dtype = self.transformer.dtype
         rows = torch.arange(model_input.shape[0]) >= latents.shape[0] if do_cfg else None  # [uncond; cond]
@@ -459,6 +462,16 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
             )
         video = self.vae.decode(latents.to(self.vae.dtype), timestep, return_dict=False)[0]  # (B, 3, F, H, W)
         return self.video_processor.postprocess_video(video, output_type=output_type)
+
+    @staticmethod
+    def to_output_type(video: torch.Tensor, output_type: str):
+        """``(B, F, 3, H, W)`` in [0, 1] -> ``"pt"`` as is, ``"np"`` ``(B, F, H, W, 3)``, ``"pil"`` lists."""
+        if output_type == "pt":
+            return video
+        array = video.permute(0, 1, 3, 4, 2).cpu().float().numpy()
+        if output_type == "np":
+            return array
+        return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in v] for v in array]
 
     # ----------------------------------------------------------------------------------------------
     # Attention kinds (vidgen.attention) on the transformer.

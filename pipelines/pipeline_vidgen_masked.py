@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import PIL.Image
 import torch
 
 from .common import VidGenPipelineBase, VidGenPipelineOutput
@@ -47,16 +46,6 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
         t, s = self.vae_temporal_compression_ratio, self.vae_spatial_compression_ratio
         frame_of = (torch.arange(num_frames) + t - 1) // t
         return mask[frame_of].repeat_interleave(s, 1).repeat_interleave(s, 2).float()
-
-    @staticmethod
-    def to_output_type(video: torch.Tensor, output_type: str):
-        """``(B, F, 3, H, W)`` in [0, 1] -> ``"pt"`` as is, ``"np"`` ``(B, F, H, W, 3)``, ``"pil"`` lists."""
-        if output_type == "pt":
-            return video
-        array = video.permute(0, 1, 3, 4, 2).cpu().float().numpy()
-        if output_type == "np":
-            return array
-        return [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in v] for v in array]
 
     def latent_frames_of(self, num_frames: int) -> torch.Tensor:
         """``(num_frames,)``: the latent frame that encodes each pixel frame (frame 0 alone, then groups of t)."""

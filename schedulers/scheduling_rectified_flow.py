@@ -55,6 +55,16 @@ class VidGenFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         shift = self.config.shift
         return shift * u / (1 + (shift - 1) * u)
 
+    def few_step_sigmas(self, num_steps: int, num_tokens: int) -> torch.Tensor:
+        """Noise levels of a few-step sampler (Self-Forcing's warped ``denoising_step_list``): the evenly
+        spaced ``u = 1, 1 - 1/S, ..., 1/S`` sent through this schedule's shift for ``num_tokens``.
+        With dynamic shifting, ``sigma = e^mu / (e^mu + 1/u - 1)``; with a fixed shift ``s``,
+        ``sigma = s*u / (1 + (s - 1)*u)``. Returns ``(S,)``, descending from 1."""
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1; got {num_steps}")
+        u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
+        return self.training_sigmas(u, num_tokens).float()
+
     def stretch_shift_to_terminal(self, t):
         """Stretch so the last sigma is ``shift_terminal``. A one-step schedule (sigma 1 only) has
         nothing to stretch; diffusers' version divides 0 by 0 there, so it is kept as it is."""

@@ -36,8 +36,11 @@ def tiny_transformer(layout: str = "full", in_channels: int = 8, text_dim: int =
     return randomize_(model, seed).eval()
 
 
-def tiny_components(layout: str = "full", vae_preset: str = "tiny-timestep", seed: int = 0) -> dict:
-    """Components of a tiny vidgen pipeline: 4x4x4-compressing VAE, 2-block DiT, 1-layer T5."""
+def tiny_components(
+    layout: str = "full", vae_preset: str = "tiny-timestep", seed: int = 0, **transformer_kwargs
+) -> dict:
+    """Components of a tiny vidgen pipeline: 4x4x4-compressing VAE, 2-block DiT, 1-layer T5
+    (``transformer_kwargs``: more transformer config, e.g. ``causal_chunk_size``)."""
     torch.manual_seed(seed)
     vae = make_vae(vae_preset).eval()
     tokenizer = word_tokenizer()
@@ -45,7 +48,9 @@ def tiny_components(layout: str = "full", vae_preset: str = "tiny-timestep", see
         vae=vae,
         text_encoder=tiny_t5(len(tokenizer), seed=seed),
         tokenizer=tokenizer,
-        transformer=tiny_transformer(layout, in_channels=vae.config.latent_channels, seed=seed),
+        transformer=tiny_transformer(
+            layout, in_channels=vae.config.latent_channels, seed=seed, **transformer_kwargs
+        ),
         scheduler=VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG),
     )
 

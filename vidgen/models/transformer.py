@@ -332,6 +332,11 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if F * H * W != N:
             raise ValueError(f"hidden_states has {N} tokens but the grid {grid} has {F * H * W}")
 
+        if frame_offset < 0 or frame_offset + F > self.rope.max_frame_position:
+            raise ValueError(
+                f"frame positions must lie in [0, {self.rope.max_frame_position}) (the rotary embedding's "
+                f"limit); got frames {frame_offset}..{frame_offset + F - 1}"
+            )
         if kv_cache is not None and update_kv_cache:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 raise ValueError(

@@ -1,0 +1,129 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from vidgen import VidGenAutoregressivePipeline, VidGenFlowMatchScheduler, VidGenPipeline
+from vidgen.schedulers import LTX_SCHEDULER_CONFIG
+from vidgen.testing import tiny_components
+
+PROMPT = "a red circle moves right"
+
+
+def causal_pipe(chunk: int = 1) -> VidGenAutoregressivePipeline:
+    pipe = VidGenAutoregressivePipeline(**tiny_components(causal_chunk_size=chunk))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_few_step_sigmas_match_their_closed_form():
+    # Self-Forcing's warped [1000, 750, 500, 250] with a fixed shift of 5: [1, 0.9375, 0.8333, 0.625].
+    fixed = VidGenFlowMatchScheduler(shift=5.0, use_dynamic_shifting=False)
+    torch.testing.assert_close(fixed.few_step_sigmas(4, num_tokens=1), torch.tensor([1, 0.9375, 5 / 6, 0.625]))
+    # LTX's token-count shift: sigma = e^mu / (e^mu + 1/u - 1), mu linear in the token count.
+    ltx = VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG)
+    mu = 0.95 + (2.05 - 0.95) * (320 - 1024) / (4096 - 1024)
+    expected = [math.exp(mu) / (math.exp(mu) + 1 / u - 1) for u in (1, 2 / 3, 1 / 3)]
+    torch.testing.assert_close(ltx.few_step_sigmas(3, num_tokens=320), torch.tensor(expected))
+    with pytest.raises(ValueError, match="num_steps"):
+        ltx.few_step_sigmas(0, num_tokens=320)
+
+
+@torch.no_grad()
+def reference_rollout(pipe, num_frames, steps, guidance, seed):
+    """The rollout without a cache: every forward sees [all clean frames so far ; current chunk] in full,
+    with the block-causal mask and clean frames at timestep 0. Returns latents ``(B, C, F, H, W)``."""
+    g = torch.Generator().manual_seed(seed)
+    grid = pipe.latent_grid(num_frames, 32, 32)
+    F, H, W = grid
+    chunk = pipe.transformer.config.causal_chunk_size
+    do_cfg = guidance > 1
+    embeds, mask = pipe.encode_prompt_for_guidance(PROMPT, None, do_cfg, 1, None, None, None, None, None, "cpu")
+    noise = pipe.prepare_noise(1, grid, g, "cpu")
+    clean = torch.zeros_like(noise)
+    sigmas = pipe.scheduler.few_step_sigmas(steps, num_tokens=int(np.prod(pipe.transformer.config.sample_size)))
+    for s in range(0, F, chunk):
+        x = pipe.pack_latents(noise[:, :, s : s + chunk])
+        for i, sigma in enumerate(sigmas.tolist()):
+            tokens = torch.cat([pipe.pack_latents(clean[:, :, :s]), x], dim=1)  # (1, (s+chunk)*H*W, C)
+            t = torch.tensor([[0.0] * s + [sigma * 1000] * chunk])  # (1, s+chunk) per frame
+            if do_cfg:
+                tokens, t = torch.cat([tokens, tokens]), torch.cat([t, t])
+            v = pipe.transformer(tokens, embeds, t, mask, s + chunk, H, W).sample[:, s * H * W :]
+            if do_cfg:
+                v_u, v_c = v.chunk(2)
+                v = v_u + guidance * (v_c - v_u)
+            x0 = x - sigma * v
+            if i + 1 < len(sigmas):
+                eps = randn_tensor(x0.shape, generator=g, dtype=x0.dtype)
+                x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * eps
+        clean[:, :, s : s + chunk] = pipe.unpack_latents(x0, (chunk, H, W))
+    return clean
+
+
+@pytest.mark.parametrize("chunk, guidance", [(1, 1.0), (2, 2.5)], ids=["chunk1", "chunk2-cfg"])
+def test_rollout_equals_block_causal_full_forward(chunk, guidance):
+    pipe = causal_pipe(chunk)
+    num_frames = 21 if chunk == 2 else 25  # 6 or 7 latent frames
+    F = pipe.latent_grid(num_frames, 32, 32)[0]
+    kwargs = dict(num_frames=num_frames, num_inference_steps=3, guidance_scale=guidance, output_type="latent")
+    out = pipe(PROMPT, kv_cache_frames=F, generator=torch.Generator().manual_seed(0), **kwargs).frames
+    reference = reference_rollout(pipe, num_frames, 3, guidance, seed=0)
+    diff = (pipe.unpack_latents(out, reference.shape[2:]) - reference).abs().max().item()
+    print(f"chunk {chunk}: rollout with KV cache vs block-causal full forward, max abs diff {diff:.2e}")
+    assert diff <= 1e-4
+    # A window shorter than the video evicts, and the video changes from the first evicting chunk on.
+    rolled = pipe(PROMPT, kv_cache_frames=chunk, generator=torch.Generator().manual_seed(0), **kwargs).frames
+    n = 2 * chunk * 64  # tokens of the first two chunks: the cache had not yet evicted
+    torch.testing.assert_close(rolled[:, :n], out[:, :n], atol=1e-4, rtol=0)
+    assert (rolled[:, n:] - out[:, n:]).abs().max() > 1e-3
+
+
+def test_stream_yields_the_video_chunk_by_chunk_and_runs_past_the_window():
+    pipe = causal_pipe()
+    kwargs = dict(num_frames=41, generator=torch.Generator().manual_seed(0))
+    chunks = list(pipe.stream(PROMPT, **kwargs))  # 11 latent frames, the cache keeps 2
+    assert [c.shape[1] for c in chunks] == [1] + [4] * 10
+    video = pipe(PROMPT, output_type="np", **{**kwargs, "generator": torch.Generator().manual_seed(0)}).frames
+    assert video.shape == (1, 41, 32, 32, 3) and np.isfinite(video).all()
+    np.testing.assert_array_equal(np.concatenate(chunks, axis=1), video)
+    seen = []
+    pipe(PROMPT, callback_on_chunk_end=lambda p, i, frames: seen.append((i, frames.shape[1])), **kwargs)
+    assert seen == [(0, 1)] + [(i, 4) for i in range(1, 11)]
+
+
+def test_extension_keeps_given_frames_and_continues_from_them():
+    pipe = causal_pipe()
+    given = np.random.default_rng(0).uniform(size=(9, 32, 32, 3)).astype(np.float32)
+    out = pipe(PROMPT, video=given, num_frames=17, output_type="np", generator=torch.Generator().manual_seed(0))
+    video = out.frames[0]
+    assert video.shape == (17, 32, 32, 3)
+    np.testing.assert_allclose(video[:9], given, atol=1e-6)
+    # The continuation depends on the given frames (they are in the cache).
+    other = pipe(
+        PROMPT, video=given[::-1].copy(), num_frames=17, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).frames[0]
+    assert np.abs(other[9:] - video[9:]).max() > 1e-3
+
+
+def test_bad_inputs_are_clear_errors():
+    pipe = causal_pipe(chunk=2)
+    with pytest.raises(ValueError, match="multiple of causal_chunk_size=2 latent frames.*try 21"):
+        pipe(PROMPT, num_frames=17)
+    with pytest.raises(ValueError, match="num_pinned_frames"):
+        pipe(PROMPT, num_frames=21, kv_cache_frames=2, num_pinned_frames=2)
+    with pytest.raises(ValueError, match="decode_context_frames"):
+        pipe(PROMPT, num_frames=21, decode_context_frames=0)
+    with pytest.raises(ValueError, match="video must have"):
+        pipe(PROMPT, video=np.zeros((9, 32, 32, 3), np.float32), num_frames=21)
+    with pytest.raises(ValueError, match="shorter than num_frames"):
+        pipe(PROMPT, video=np.zeros((21, 32, 32, 3), np.float32), num_frames=21)
+    bidirectional = VidGenAutoregressivePipeline.from_pipe(VidGenPipeline(**tiny_components()))
+    with pytest.raises(ValueError, match="needs a causal"):
+        bidirectional(PROMPT)
+    with pytest.raises(ValueError, match="frame positions must lie"):
+        pipe.transformer(
+            torch.zeros(1, 64, 8), torch.zeros(1, 4, 16), torch.zeros(1), None, 1, 8, 8, frame_offset=2**16
+        )
