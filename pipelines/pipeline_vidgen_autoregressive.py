@@ -70,7 +70,9 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
         latents = self.normalize_latents(self.vae.encode(pixels).latent_dist.mode().float())
         return latents, pixels
 
-    def _decode_chunk(self, clean: torch.Tensor, start: int, end: int, context: int, decode_args) -> torch.Tensor:
+    def _decode_chunk(
+        self, clean: torch.Tensor, start: int, end: int, context: int, decode_args
+    ) -> torch.Tensor:
         """Pixel frames ``(B, f, 3, H, W)`` in [0, 1] of latent frames ``[start, end)``, decoded with up to
         ``context`` earlier latent frames (the first latent frame decodes to one pixel frame, every
         later one to ``t``)."""
@@ -187,7 +189,9 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
 
         # 5. KV cache; when extending, the given frames fill it first (context passes at timestep 0).
         cache = KVCache(
-            self.transformer.config.num_layers, max_frames=kv_cache_frames, num_pinned_frames=num_pinned_frames
+            self.transformer.config.num_layers,
+            max_frames=kv_cache_frames,
+            num_pinned_frames=num_pinned_frames,
         )
 
         def velocity(x, sigma, offset, update):
@@ -203,13 +207,19 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
         if video is not None:
             given, pixels = self._given_latents(video, height, width, chunk, device)
             if given.shape[2] >= F:
-                raise ValueError(f"video must be shorter than num_frames={num_frames}; got {len(video)} frames")
+                raise ValueError(
+                    f"video must be shorter than num_frames={num_frames}; got {len(video)} frames"
+                )
             clean[:, :, : given.shape[2]] = given
             for s in range(0, given.shape[2], chunk):
                 velocity(self.pack_latents(given[:, :, s : s + chunk]), 0.0, s, True)
             start = given.shape[2]
             original = (pixels.float().permute(0, 2, 1, 3, 4) + 1) / 2  # (1, G, 3, H, W) in [0, 1]
-            yield self.pack_latents(given) if output_type == "latent" else self.to_output_type(original, output_type)
+            yield (
+                self.pack_latents(given)
+                if output_type == "latent"
+                else self.to_output_type(original, output_type)
+            )
 
         # 6. Chunk loop: denoise in a few steps, write the clean chunk into the cache, decode, hand out.
         with self.progress_bar(total=(F - start) // chunk) as progress_bar:
@@ -250,7 +260,9 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
         """
         chunks = []
         inner_type = "latent" if output_type == "latent" else "pt"
-        for i, frames in enumerate(self.stream(prompt, negative_prompt, video, output_type=inner_type, **kwargs)):
+        for i, frames in enumerate(
+            self.stream(prompt, negative_prompt, video, output_type=inner_type, **kwargs)
+        ):
             if callback_on_chunk_end is not None:
                 callback_on_chunk_end(self, i, frames)
             chunks.append(frames)

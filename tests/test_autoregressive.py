@@ -21,7 +21,9 @@ def causal_pipe(chunk: int = 1) -> VidGenAutoregressivePipeline:
 def test_few_step_sigmas_match_their_closed_form():
     # Self-Forcing's warped [1000, 750, 500, 250] with a fixed shift of 5: [1, 0.9375, 0.8333, 0.625].
     fixed = VidGenFlowMatchScheduler(shift=5.0, use_dynamic_shifting=False)
-    torch.testing.assert_close(fixed.few_step_sigmas(4, num_tokens=1), torch.tensor([1, 0.9375, 5 / 6, 0.625]))
+    torch.testing.assert_close(
+        fixed.few_step_sigmas(4, num_tokens=1), torch.tensor([1, 0.9375, 5 / 6, 0.625])
+    )
     # LTX's token-count shift: sigma = e^mu / (e^mu + 1/u - 1), mu linear in the token count.
     ltx = VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG)
     mu = 0.95 + (2.05 - 0.95) * (320 - 1024) / (4096 - 1024)
@@ -40,10 +42,14 @@ def reference_rollout(pipe, num_frames, steps, guidance, seed):
     F, H, W = grid
     chunk = pipe.transformer.config.causal_chunk_size
     do_cfg = guidance > 1
-    embeds, mask = pipe.encode_prompt_for_guidance(PROMPT, None, do_cfg, 1, None, None, None, None, None, "cpu")
+    embeds, mask = pipe.encode_prompt_for_guidance(
+        PROMPT, None, do_cfg, 1, None, None, None, None, None, "cpu"
+    )
     noise = pipe.prepare_noise(1, grid, g, "cpu")
     clean = torch.zeros_like(noise)
-    sigmas = pipe.scheduler.few_step_sigmas(steps, num_tokens=int(np.prod(pipe.transformer.config.sample_size)))
+    sigmas = pipe.scheduler.few_step_sigmas(
+        steps, num_tokens=int(np.prod(pipe.transformer.config.sample_size))
+    )
     for s in range(0, F, chunk):
         x = pipe.pack_latents(noise[:, :, s : s + chunk])
         for i, sigma in enumerate(sigmas.tolist()):
@@ -97,13 +103,19 @@ def test_stream_yields_the_video_chunk_by_chunk_and_runs_past_the_window():
 def test_extension_keeps_given_frames_and_continues_from_them():
     pipe = causal_pipe()
     given = np.random.default_rng(0).uniform(size=(9, 32, 32, 3)).astype(np.float32)
-    out = pipe(PROMPT, video=given, num_frames=17, output_type="np", generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        PROMPT, video=given, num_frames=17, output_type="np", generator=torch.Generator().manual_seed(0)
+    )
     video = out.frames[0]
     assert video.shape == (17, 32, 32, 3)
     np.testing.assert_allclose(video[:9], given, atol=1e-6)
     # The continuation depends on the given frames (they are in the cache).
     other = pipe(
-        PROMPT, video=given[::-1].copy(), num_frames=17, output_type="np", generator=torch.Generator().manual_seed(0)
+        PROMPT,
+        video=given[::-1].copy(),
+        num_frames=17,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
     ).frames[0]
     assert np.abs(other[9:] - video[9:]).max() > 1e-3
 
