@@ -26,6 +26,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..models import KVCache, VidGenTransformer3DModel
 from .common import VidGenPipelineBase, VidGenPipelineOutput
 
+CAUSAL_SUBFOLDER = "transformer_causal"
+"""Where a pipeline folder keeps a causal student next to its bidirectional ``transformer`` (the
+embedded default does; the CLI's ``--autoregressive`` loads it from there)."""
+
 
 class VidGenAutoregressivePipeline(VidGenPipelineBase):
     r"""Long videos by autoregressive rollout of a causal ``VidGenTransformer3DModel``
@@ -34,7 +38,7 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
     Same components as :class:`VidGenPipeline`; the transformer must be causal. With the embedded
     default model::
 
-        causal = VidGenTransformer3DModel.from_pretrained(vidgen.DEFAULT_MODEL, subfolder="transformer_causal")
+        causal = VidGenTransformer3DModel.from_pretrained(vidgen.DEFAULT_MODEL, subfolder=CAUSAL_SUBFOLDER)
         pipe = VidGenAutoregressivePipeline.from_pretrained(vidgen.DEFAULT_MODEL, transformer=causal)
         video = pipe("a red circle moves right", num_frames=341).frames[0]
         for frames in pipe.stream("a red circle moves right", num_frames=341):  # (B, f, H, W, 3) per chunk

@@ -139,3 +139,29 @@ def test_bad_inputs_are_clear_errors():
         pipe.transformer(
             torch.zeros(1, 64, 8), torch.zeros(1, 4, 16), torch.zeros(1), None, 1, 8, 8, frame_offset=2**16
         )
+
+
+def test_cli_autoregressive_writes_a_long_video_with_the_causal_subfolder(tmp_path):
+    import subprocess
+    import sys
+
+    from vidgen import CAUSAL_SUBFOLDER, load_video
+
+    model = tmp_path / "model"
+    components = tiny_components()
+    VidGenPipeline(**components).save_pretrained(model)  # the bidirectional pipeline ...
+    tiny_components(causal_chunk_size=1)["transformer"].save_pretrained(
+        model / CAUSAL_SUBFOLDER
+    )  # ... + student
+    out = tmp_path / "long.mp4"
+    cli = [sys.executable, "-m", "vidgen.cli", "t2v", "--model", str(model), "--prompt", PROMPT]
+    result = subprocess.run(
+        [*cli, "--autoregressive", "--frames", "45", "--kv-cache-frames", "3", "--output", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(load_video(out)) == 45
+    result = subprocess.run(
+        [*cli, "--kv-cache-frames", "3", "--output", str(tmp_path / "x.mp4")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "--kv-cache-frames applies with --autoregressive only" in result.stderr

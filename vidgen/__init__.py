@@ -7,6 +7,7 @@ from diffusers import ModelMixin, SchedulerMixin  # noqa: F401  (looked up by di
 from . import _diffusers_loading, attention  # noqa: F401  (vidgen.attention: sparse and window attention)
 from .models import KVCache, VidGenTransformer3DModel, VidGenVideoAutoencoder, make_vae
 from .pipelines import (
+    CAUSAL_SUBFOLDER,
     VidGenAutoregressivePipeline,
     VidGenImageToVideoPipeline,
     VidGenMaskedVideoPipeline,
@@ -24,6 +25,7 @@ DEFAULT_MODEL = str(_Path(__file__).parent / "default_model")
 """Path of the embedded default pipeline folder (the Shapes-world model)."""
 
 __all__ = [
+    "CAUSAL_SUBFOLDER",
     "KVCache",
     "VidGenAutoregressivePipeline",
     "VidGenFlowMatchScheduler",

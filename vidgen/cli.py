@@ -55,8 +55,16 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
     p.add_argument("--width", type=_positive_int, default=None, help="pixels (default: the model's)")
     p.add_argument("--frames", type=_positive_int, default=None, help="k * temporal_compression + 1 frames")
     p.add_argument("--fps", type=_positive_float, default=None, help="frame rate (default: the model's)")
-    p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps (default 30)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default 3)")
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="denoising steps (default 30; 4 with --autoregressive)",
+    )
+    p.add_argument(
+        "--guidance", type=float, default=None,
+        help="classifier-free guidance scale (default 3; 1, off, with --autoregressive)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--output", default=None, help="output .mp4, .gif, or folder of PNGs (no extension)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -101,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a text file, one prompt per line: one video each, split across processes under accelerate launch",
     )  # fmt: skip
     t2v.add_argument("--output-dir", default=None, help="with --prompts: the folder the videos go to")
+    t2v.add_argument(
+        "--autoregressive", action="store_true",
+        help="chunk-by-chunk rollout of the causal model with a KV cache: videos of any length (--frames)",
+    )  # fmt: skip
+    t2v.add_argument(
+        "--kv-cache-frames", type=_positive_int, default=None,
+        help="with --autoregressive: latent frames the rolling cache keeps (default: the training horizon)",
+    )  # fmt: skip
     i2v = commands.add_parser("i2v", help="image-to-video (the image is the first frame)")
     _add_generation_flags(i2v)
     i2v.add_argument("--image", required=True, help="first frame (png/jpg); sets the size unless given")
@@ -162,11 +178,35 @@ def _load_pipeline(cls, model: str | None, dtype, device):
     if not os.path.isdir(model) and not looks_like_hub_id:
         raise CLIError(f"--model {model}: no such folder")
     try:
-        pipe = cls.from_pretrained(model, dtype=getattr(torch, dtype))
+        from .models import VidGenTransformer3DModel
+        from .pipelines import CAUSAL_SUBFOLDER, VidGenAutoregressivePipeline
+
+        components = {}
+        if cls is VidGenAutoregressivePipeline and os.path.isdir(os.path.join(model, CAUSAL_SUBFOLDER)):
+            # a pipeline folder may carry a causal student next to its bidirectional transformer
+            components["transformer"] = VidGenTransformer3DModel.from_pretrained(
+                model, subfolder=CAUSAL_SUBFOLDER
+            )
+        pipe = cls.from_pretrained(model, dtype=getattr(torch, dtype), **components)
+        pipe.to(getattr(torch, dtype))
     except Exception as e:  # any loading failure becomes one line naming the model
         raise CLIError(f"--model {model} could not be loaded: {str(e).splitlines()[0]}") from e
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
+
+
+def _sampling_defaults(args) -> None:
+    """Steps and guidance: 30 and 3 for the bidirectional pipelines; 4 and 1 (off) for the distilled
+    causal model of ``--autoregressive``."""
+    autoregressive = getattr(args, "autoregressive", False)
+    if args.steps is None:
+        args.steps = 4 if autoregressive else 30
+    if args.guidance is None:
+        args.guidance = 1.0 if autoregressive else 3.0
+    if not autoregressive and getattr(args, "kv_cache_frames", None) is not None:
+        raise CLIError("--kv-cache-frames applies with --autoregressive only")
+    if autoregressive and (args.freeswim or args.attention == "draft"):
+        raise CLIError("--autoregressive does not combine with --freeswim or --attention draft")
 
 
 def _set_attention(pipe, backend: str) -> None:
@@ -248,7 +288,7 @@ def run_prompts(args, state) -> int:
     """One video per prompt, each written by exactly one process; prompt ``i`` uses seed ``seed + i``."""
     import torch
 
-    from . import VidGenPipeline, export_to_video
+    from . import VidGenAutoregressivePipeline, VidGenPipeline, export_to_video
 
     prompts = _read_prompts(args)
     out = Path(args.output_dir)
@@ -261,11 +301,13 @@ def run_prompts(args, state) -> int:
         )
     state.wait_for_everyone()  # every process has checked before any writes
     device = args.device or state.device
-    pipe = _load_pipeline(VidGenPipeline, args.model, args.dtype, device)
+    cls = VidGenAutoregressivePipeline if args.autoregressive else VidGenPipeline
+    pipe = _load_pipeline(cls, args.model, args.dtype, device)
     _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)
     _set_attention_kind(pipe, args)
     _load_lora(pipe, args)
     fps = args.fps or pipe.default_frame_rate
+    extra = {"kv_cache_frames": args.kv_cache_frames} if args.autoregressive else {}
     out.mkdir(parents=True, exist_ok=True)
     with state.split_between_processes(list(range(len(prompts)))) as mine:
         for i in mine:
@@ -273,7 +315,7 @@ def run_prompts(args, state) -> int:
                 prompt=prompts[i], negative_prompt=args.negative_prompt, height=args.height, width=args.width,
                 num_frames=args.frames, frame_rate=fps, num_inference_steps=args.steps,
                 guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed + i),
-                output_type="np",
+                output_type="np", **extra,
             ).frames[0]  # fmt: skip
             path = export_to_video(video, out / names[i], fps=fps, overwrite=args.overwrite)
             print(f"[process {state.process_index}] wrote {path}")
@@ -317,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from . import (
+        VidGenAutoregressivePipeline,
         VidGenImageToVideoPipeline,
         VidGenMaskedVideoPipeline,
         VidGenPipeline,
@@ -329,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "eval":
         return run_eval(args)
     _check_device(args)
+    _sampling_defaults(args)
     state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
     if args.command == "t2v" and args.prompts is not None:
         return run_prompts(args, state)
@@ -348,12 +392,16 @@ def run(args: argparse.Namespace) -> int:
         extra.update(video=_read_video(load_video, args.video), task="predict", given_frames=args.given)
     if args.command == "interpolate":
         extra.update(video=_read_video(load_video, args.video), task="interpolate", every=args.every)
+    if args.command == "t2v" and args.autoregressive:
+        extra.update(kv_cache_frames=args.kv_cache_frames)
     if state.is_main_process:
         cls = {
             "i2v": VidGenImageToVideoPipeline,
             "predict": VidGenMaskedVideoPipeline,
             "interpolate": VidGenMaskedVideoPipeline,
         }
+        if args.command == "t2v" and args.autoregressive:
+            cls["t2v"] = VidGenAutoregressivePipeline
         pipe = _load_pipeline(cls.get(args.command, VidGenPipeline), args.model, args.dtype, device)
         _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)
         _set_attention_kind(pipe, args)
