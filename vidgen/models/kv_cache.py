@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -37,6 +39,13 @@ class KVCache:
         self._k: list[torch.Tensor | None] = [None] * self.num_layers
         self._v: list[torch.Tensor | None] = [None] * self.num_layers
         self._frames: list[torch.Tensor | None] = [None] * self.num_layers
+
+    def snapshot(self) -> KVCache:
+        """An independent copy at this point of the rollout, without copying tensors: the cache never
+        writes a tensor in place (appends and evictions build new ones), so the two can diverge."""
+        other = copy.copy(self)
+        other._k, other._v, other._frames = list(self._k), list(self._v), list(self._frames)
+        return other
 
     def __len__(self) -> int:
         """Number of cached frames (of block 0)."""

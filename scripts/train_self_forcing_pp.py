@@ -1,0 +1,144 @@
+"""Self-Forcing++: keep the causal student on track far beyond the teacher's horizon.
+
+    python scripts/train_self_forcing_pp.py --student runs/self_forcing/transformer_causal --out runs/sfpp
+    accelerate launch scripts/train_self_forcing_pp.py ...   # same recipe, any device; resumable
+
+Self-Forcing trains on rollouts as long as the teacher's clips, so past that length the student meets
+states it never learned to recover from (drift, frozen motion, lost objects). Self-Forcing++ (whose code
+is not released; this follows the paper's description) rolls the student out far past the horizon
+with the rolling KV cache it uses at inference, and lets the short-horizon teacher correct windows of
+that rollout. Per generator update:
+
+1. long rollout, without gradients: ``L`` latent frames (uniform up to ``--rollout-frames``), the
+   student's own few-step sampling with a rolling cache of ``--kv-cache-frames``;
+2. a window of the teacher's horizon at a random chunk-aligned start ``s``; its first chunk is context
+   (given, clean), the rest is regenerated from the cache as it stood at that point, starting from the
+   student's own frames noised to a random few-step level (backward noise initialisation), with
+   gradients through that one step;
+3. DMD on the window: the teacher sees it at positions ``0 .. F-1`` with the first chunk given (as its
+   prediction task), the critic likewise; the loss covers the regenerated frames only;
+4. the critic learns from ``--critic-ratio`` random windows of the same rollout.
+
+Design choice: the window's first chunk is given to the teacher rather than scored, because the
+teacher only ever saw the video's first latent frame (one pixel frame) at position 0; a mid-video
+latent frame (four pixel frames) is fine as context but not as a frame to generate there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from vidgen import DEFAULT_MODEL
+from vidgen.training.checkpoint import append_csv
+from vidgen.training.self_forcing import Distillation, critic_loss, dmd_loss, rollout, training_captions
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, the student)")
+    p.add_argument("--student", required=True, help="causal transformer folder (from train_self_forcing.py)")
+    p.add_argument(
+        "--teacher", default=DEFAULT_MODEL, help="bidirectional pipeline folder (default: embedded)"
+    )
+    p.add_argument("--few-steps", type=int, default=4, help="denoising levels per chunk")
+    p.add_argument(
+        "--rollout-frames", type=int, default=41, help="longest rollout, latent frames (41: 161 frames)"
+    )
+    p.add_argument(
+        "--kv-cache-frames", type=int, default=None, help="rolling cache (default: horizon - chunk)"
+    )
+    p.add_argument("--steps", type=int, default=200, help="generator updates")
+    p.add_argument("--critic-ratio", type=int, default=5, help="critic updates per generator update")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-5, help="student learning rate")
+    p.add_argument("--critic-lr", type=float, default=2e-5)
+    p.add_argument("--guidance", type=float, default=3.0, help="the teacher's guidance (real score)")
+    p.add_argument("--ema", type=float, default=0.99)
+    p.add_argument("--ema-start", type=int, default=50, help="generator update from which the EMA averages")
+    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = Path(args.out)
+    run.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    d = Distillation(args, run, accelerator)  # teacher, student, critic, optimizers, EMA, resume
+    C, (F, H, W) = d.teacher.config.in_channels, d.grid
+    chunk = d.student.config.causal_chunk_size
+    window = args.kv_cache_frames or max(chunk, F - chunk)
+    last = len(d.sigmas) - 1
+    if args.rollout_frames < F + chunk:
+        raise ValueError(
+            f"--rollout-frames must exceed the teacher's {F} latent frames; got {args.rollout_frames}"
+        )
+
+    tic = time.time()
+    for step in range(d.start, args.steps):
+        shared = torch.Generator().manual_seed(step)  # same on every process: lengths and levels
+        L = chunk * int(
+            torch.randint((F + chunk) // chunk, args.rollout_frames // chunk + 1, (1,), generator=shared)
+        )
+        starts = chunk * torch.randint(0, (L - F) // chunk + 1, (args.critic_ratio + 1,), generator=shared)
+        exit_step = int(torch.randint(0, len(d.sigmas), (1,), generator=shared))
+        g = torch.Generator().manual_seed(args.seed * 7_000_003 + step * 1009 + accelerator.process_index)
+        captions = training_captions(
+            np.random.default_rng([args.seed, step, accelerator.process_index]), args.batch
+        )
+        text, uncond = d.text(captions)
+        noise = torch.randn((args.batch, C, L, H, W), generator=g).to(accelerator.device)
+
+        # 1. Long rollout with the rolling cache; keep the cache as it stood after the window's first chunk.
+        s = int(starts[0])
+        with torch.no_grad():
+            head, cache = rollout(
+                d.student, noise[:, :, : s + chunk], text, d.sigmas, [last] * L, g, window, grad=False
+            )
+            at_window = cache.snapshot()
+            tail, _ = rollout(
+                d.student, noise[:, :, s + chunk :], text, d.sigmas, [last] * L, g, cache=cache,
+                frame_offset=s + chunk, grad=False,
+            )  # fmt: skip
+        video = torch.cat([head, tail], dim=2)  # (B, C, L, H, W): the student's own long video
+
+        # 2-3. Regenerate the window from backward-noised own frames, with one gradient step per chunk; DMD.
+        own = video[:, :, s + chunk : s + F]
+        regenerated, _ = rollout(
+            d.student, torch.randn(own.shape, generator=g).to(own), text, d.sigmas, [exit_step] * F, g,
+            cache=at_window, frame_offset=s + chunk, init=own,
+        )  # fmt: skip
+        x = torch.cat([video[:, :, s : s + chunk], regenerated], dim=2)  # (B, C, F, H, W), first chunk given
+        loss_g, stats = dmd_loss(
+            x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g, chunk
+        )
+        d.update("student", loss_g)
+        d.update_ema(step)
+
+        # 4. Critic: flow matching on other windows of the same rollout.
+        for start in starts[1:].tolist():
+            loss_c = critic_loss(d.critic, video[:, :, start : start + F], text, d.sample_sigma, g, chunk)
+            d.update("critic", loss_c)
+
+        row = {"step": step, "frames": L, "window": s, "dmd": loss_g.item(), "critic": loss_c.item(), **stats}
+        row["seconds"] = time.time() - tic
+        append_csv(run / "log.csv", row)
+        print(
+            " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+            flush=True,
+        )
+        if (step + 1) % args.checkpoint_every == 0:
+            d.save(step + 1)
+
+    d.export()
+
+
+if __name__ == "__main__":
+    main()

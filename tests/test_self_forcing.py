@@ -1,0 +1,147 @@
+"""The causal-student training pieces (rollout, DMD, critic) and the three recipes, on tiny models."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidgen import VidGenAutoregressivePipeline, VidGenPipeline, VidGenTransformer3DModel
+from vidgen.testing import tiny_components
+from vidgen.training.self_forcing import (
+    causal_student,
+    critic_loss,
+    dmd_loss,
+    encode_text,
+    guided_x0,
+    rollout,
+    teacher_trajectory,
+)
+
+PROMPT = "a red circle moves right"
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def teacher_pipe():
+    pipe = VidGenPipeline(**tiny_components())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_training_rollout_is_the_inference_rollout(teacher_pipe):
+    student = causal_student(teacher_pipe.transformer, chunk_size=1)
+    pipe = VidGenAutoregressivePipeline.from_pipe(teacher_pipe, transformer=student)
+    latents = pipe(
+        PROMPT, num_frames=25, num_inference_steps=3, kv_cache_frames=2, output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).frames  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    grid = pipe.latent_grid(25, 32, 32)
+    noise = pipe.prepare_noise(1, grid, g, "cpu")
+    sigmas = pipe.scheduler.few_step_sigmas(3, int(np.prod(student.config.sample_size))).tolist()
+    text = encode_text(pipe, [PROMPT], "cpu")
+    with torch.no_grad():
+        x, cache = rollout(student, noise, text, sigmas, [2] * grid[0], g, kv_cache_frames=2, grad=False)
+    torch.testing.assert_close(pipe.pack_latents(x), latents, atol=1e-5, rtol=0)
+    assert cache.frame_indices.tolist() == [5, 6]
+
+
+def test_rollout_gradients_flow_through_one_step_per_chunk(teacher_pipe):
+    student = causal_student(teacher_pipe.transformer, chunk_size=1).train()
+    with_grad = []
+    student.register_forward_hook(lambda m, i, o: with_grad.append(torch.is_grad_enabled()))
+    noise = torch.randn(2, 8, 3, 8, 8)
+    text = encode_text(teacher_pipe, [PROMPT] * 2, "cpu")
+    x, _ = rollout(student, noise, text, [1.0, 0.7, 0.3], [2, 0, 1], torch.Generator().manual_seed(0))
+    # Chunk k runs exit_steps[k] + 1 denoising passes and one context pass; only the exit pass has grad.
+    assert len(with_grad) == (3 + 1) + (1 + 1) + (2 + 1)
+    assert sum(with_grad) == 3
+    x.square().mean().backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
+def test_backward_noise_initialisation_starts_from_own_frames(teacher_pipe):
+    student = causal_student(teacher_pipe.transformer, chunk_size=1)
+    text = encode_text(teacher_pipe, [PROMPT], "cpu")
+    own = torch.randn(1, 8, 2, 8, 8)
+    noise = torch.randn(1, 8, 2, 8, 8)
+    with torch.no_grad():
+        a, _ = rollout(student, noise, text, [1.0, 0.5], [1, 1], torch.Generator(), init=own)
+        b, _ = rollout(student, noise, text, [1.0, 0.5], [1, 1], torch.Generator(), init=own * 2)
+        c, _ = rollout(student, noise, text, [1.0, 0.5], [1, 1], torch.Generator())
+    assert (a - b).abs().max() > 1e-3 and (a - c).abs().max() > 1e-3  # the own frames matter
+
+
+def test_dmd_loss_vanishes_when_the_critic_is_the_teacher_and_points_along_fake_minus_real(teacher_pipe):
+    teacher = teacher_pipe.transformer
+    text = encode_text(teacher_pipe, [PROMPT] * 2, "cpu")
+    uncond = encode_text(teacher_pipe, [""] * 2, "cpu")
+    x = torch.randn(2, 8, 3, 8, 8, requires_grad=True)
+
+    def sample_sigma(u):
+        return u
+
+    loss, _ = dmd_loss(x, teacher, teacher, text, uncond, 1.0, sample_sigma, torch.Generator().manual_seed(0))
+    assert loss.item() < 1e-10
+    critic = VidGenTransformer3DModel.from_config(teacher.config)  # zero output layer: another score
+    loss, _ = dmd_loss(
+        x, teacher, critic, text, uncond, 3.0, sample_sigma, torch.Generator().manual_seed(0), 1
+    )
+    loss.backward()
+    assert loss.item() > 0
+    assert x.grad[:, :, :1].abs().max() == 0  # the given frame carries no loss
+    assert x.grad[:, :, 1:].abs().max() > 0
+    loss_c = critic_loss(critic, x, text, sample_sigma, torch.Generator().manual_seed(0), given_frames=1)
+    assert torch.isfinite(loss_c) and loss_c.item() > 0
+
+
+def test_teacher_trajectory_starts_at_the_noise_and_ends_on_the_guided_prediction(teacher_pipe):
+    teacher = teacher_pipe.transformer
+    text = encode_text(teacher_pipe, [PROMPT], "cpu")
+    uncond = encode_text(teacher_pipe, [""], "cpu")
+    noise = torch.randn(1, 8, 3, 8, 8)
+    states, clean = teacher_trajectory(teacher, noise, text, uncond, [1.0, 0.6], 2.0, 2)
+    assert states.shape == (1, 2, 8, 3, 8, 8) and torch.isfinite(clean).all()
+    torch.testing.assert_close(states[:, 0], noise)
+    # One Euler step from sigma 1 to 0 lands exactly on the guided clean prediction.
+    _, one = teacher_trajectory(teacher, noise, text, uncond, [1.0], 2.0, 1)
+    expected = guided_x0(teacher, noise, torch.full((1, 3), 1000.0), text, uncond, 2.0)
+    torch.testing.assert_close(one, expected, atol=1e-5, rtol=0)
+
+
+def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(teacher_pipe, tmp_path, monkeypatch):
+    teacher_dir = tmp_path / "teacher"
+    teacher_pipe.save_pretrained(teacher_dir)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    init = script("train_causal_init")
+    init.main(["--out", str(tmp_path / "init"), "--teacher", str(teacher_dir), "--pairs", "64", "--substeps", "1",
+               "--steps", "3", "--batch", "2", "--checkpoint-every", "2"])  # fmt: skip
+    student_dir = tmp_path / "init" / "transformer_causal"
+    assert VidGenTransformer3DModel.from_pretrained(student_dir).config.causal_chunk_size == 1
+
+    common = ["--teacher", str(teacher_dir), "--batch", "2", "--critic-ratio", "1", "--checkpoint-every", "1"]
+    sf = script("train_self_forcing")
+    sf.main(["--out", str(tmp_path / "sf"), "--student", str(student_dir), "--steps", "2", *common])
+    sf.main(
+        ["--out", str(tmp_path / "sf"), "--student", str(student_dir), "--steps", "3", *common]
+    )  # resumes
+    rows = (tmp_path / "sf" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]  # step 2 ran once, after the resume
+
+    pp = script("train_self_forcing_pp")
+    pp.main(["--out", str(tmp_path / "pp"), "--student", str(tmp_path / "sf" / "transformer_causal"),
+             "--steps", "2", "--rollout-frames", "6", *common])  # fmt: skip
+    causal = VidGenTransformer3DModel.from_pretrained(tmp_path / "pp" / "transformer_causal")
+    pipe = VidGenAutoregressivePipeline.from_pipe(teacher_pipe, transformer=causal)
+    video = pipe(PROMPT, num_frames=29, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    assert video.shape == (1, 29, 32, 32, 3) and np.isfinite(video).all()

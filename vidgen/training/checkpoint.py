@@ -1,0 +1,75 @@
+"""Atomic, resumable training checkpoints: tensors in safetensors, optimizer states through
+``torch.load(weights_only=True)``, the step and small metadata as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def save_checkpoint(
+    folder: Path, step: int, tensors: dict, optimizers: dict, extra: dict | None = None, keep: int = 2
+) -> Path:
+    """Write ``folder/step_NNNNNN`` through a temporary folder and a rename; keep the last ``keep``."""
+    folder = Path(folder)
+    final, tmp = folder / f"step_{step:06d}", folder / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / "weights.safetensors")
+    for name, optimizer in optimizers.items():
+        torch.save(optimizer.state_dict(), tmp / f"{name}.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("step_*"))[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def load_latest_checkpoint(folder: Path, optimizers: dict) -> tuple[int, dict | None, dict]:
+    """``(step, tensors, state)`` of the newest checkpoint, with the optimizers' states restored in
+    place; ``(0, None, {})`` when there is none."""
+    done = sorted(Path(folder).glob("step_*"))
+    if not done:
+        return 0, None, {}
+    last = done[-1]
+    state = json.loads((last / "state.json").read_text())
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(torch.load(last / f"{name}.pt", weights_only=True))
+    return state["step"], load_file(last / "weights.safetensors"), state
+
+
+def prefixed(prefix: str, module: torch.nn.Module) -> dict:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def unprefixed(prefix: str, tensors: dict) -> dict:
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def save_model(model, folder: Path) -> None:
+    """``save_pretrained`` through a temporary folder, without the run's paths in the config."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    config = tmp / "config.json"
+    data = json.loads(config.read_text())
+    data.pop("_name_or_path", None)
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def append_csv(path: Path, row: dict) -> None:
+    """Append ``row`` to a CSV log, writing the header first when the file is new."""
+    path = Path(path)
+    new = not path.exists()
+    with path.open("a") as f:
+        if new:
+            f.write(",".join(row) + "\n")
+        f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
