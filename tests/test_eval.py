@@ -61,3 +61,22 @@ def test_a_taught_size_is_measured_by_the_bounding_box():
     assert report.sides["red"] >= ev.BIG_SIDE > 18 >= report.sides["blue"]
     world = [ev.read_video(c.frames, c.caption) for c in map(shapes.sample_clip, range(40))]
     assert max(side for r in world for side in r.sides.values()) < ev.BIG_SIDE  # the world has no big ones
+
+
+def test_long_videos_are_scored_window_by_window_and_drift_is_caught():
+    from vidgen.eval import score_windows
+
+    clip = shapes.render_clip(shapes.parse_caption("a green square moves left"), seed=3, num_frames=81)
+    rows = score_windows(clip.frames, clip.caption)
+    assert [r["start"] for r in rows] == [0, 16, 32, 48, 64]
+    for r in rows:  # ground truth: right in every window, black background
+        assert (r["count"], r["color"], r["shape"], r["speed"], r["background"]) == (100, 100, 100, 100, 0)
+        assert r["size_stability"] > 90
+    drifted = clip.frames.copy()
+    drifted[48:] = np.maximum(drifted[48:], 90)  # over-exposure from frame 48 on
+    drifted[64:] = 0  # and a lost object at the end
+    rows = score_windows(drifted, clip.caption)
+    assert [r["background"] for r in rows] == [0, 0, 0, 90, 0]
+    assert rows[-1]["count"] == 0 and rows[-1]["color"] == 0 and rows[0]["count"] == 100
+    frozen = np.repeat(clip.frames[:1], 81, axis=0)  # a frozen video: the object no longer moves
+    assert all(r["speed"] == 0 for r in score_windows(frozen, clip.caption))

@@ -95,6 +95,7 @@ class VideoReport:
     counts: list = field(default_factory=list)  # objects per frame
     areas: dict = field(default_factory=dict)  # color -> per-frame areas
     sides: dict = field(default_factory=dict)  # color -> median bounding-box side, pixels at 64x64
+    tracks: dict = field(default_factory=dict)  # color -> [(frame index, centroid (x, y))]
 
     @property
     def count_ok(self) -> bool:
@@ -134,7 +135,58 @@ def read_video(
         report.found[color] = (max(set(votes), key=votes.count), motion)
         report.areas[color] = [d.area for _, d in track]
         report.sides[color] = float(np.median([d.side for _, d in track])) / scale
+        report.tracks[color] = [(i, d.centroid) for i, d in track]
     return report
+
+
+def speed_of(track, scale: float = 1.0) -> float:
+    """Median centroid displacement per frame (pixels at 64x64) between consecutive detected frames."""
+    steps = [
+        np.linalg.norm(c1 - c0) / scale for (i0, c0), (i1, c1) in zip(track[:-1], track[1:]) if i1 == i0 + 1
+    ]
+    return float(np.median(steps)) if steps else float("nan")
+
+
+def score_windows(
+    frames: np.ndarray,
+    caption: str,
+    window: int = shapes.NATIVE_FRAMES,
+    stride: int = shapes.NATIVE_FRAMES - 1,
+) -> list[dict]:
+    """Score a long video window by window (``window`` frames every ``stride``), for drift over time.
+
+    Per window: object count, color and shape accuracy (%, as :func:`summarize`); size stability (100 x
+    (1 - relative std of each object's area)); speed (% of objects whose median speed fits the caption:
+    1 to 3 px/frame when moving, the world's being 1.5 to 2.5 with bounces; under 0.5 when still); and
+    the background brightness (the median pixel value, 0-255: objects cover a few percent of the frame,
+    so it rises with over-exposure drift)."""
+    scale = min(frames.shape[1:3]) / shapes.NATIVE_SIZE
+    rows = []
+    for start in range(0, len(frames) - window + 1, stride):
+        clip = frames[start : start + window]
+        report = read_video(clip, caption)
+        speed_ok, size = [], []
+        for obj in report.expected:
+            track = report.tracks.get(obj.color)
+            if track is None:
+                speed_ok.append(False)
+                continue
+            v = speed_of(track, scale)
+            speed_ok.append(bool(v < 0.5) if obj.motion == "still" else bool(1.0 <= v <= 3.0))
+            areas = np.array(report.areas[obj.color])
+            size.append(max(0.0, 1 - areas.std() / areas.mean()))
+        rows.append(
+            {
+                "start": start,
+                "count": 100.0 * report.count_ok,
+                "color": 100.0 * float(np.mean(report.per_object("color"))),
+                "shape": 100.0 * float(np.mean(report.per_object("shape"))),
+                "size_stability": 100.0 * float(np.mean(size)) if size else 0.0,
+                "speed": 100.0 * float(np.mean(speed_ok)),
+                "background": float(np.median(clip)),
+            }
+        )
+    return rows
 
 
 def centroid_error(frames: np.ndarray, clip: shapes.Clip, frame_indices) -> float:
