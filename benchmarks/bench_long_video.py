@@ -1,0 +1,230 @@
+"""Long videos: the bidirectional teacher extended by sliding windows against causal students, scored
+on every 17-frame window over time, plus streaming speed.
+
+    python benchmarks/bench_long_video.py \\
+        --student init=runs/causal_init/transformer_causal --student self-forcing=runs/sf/transformer_causal \\
+        --student self-forcing++=runs/sfpp/transformer_causal [--num 20] [--lengths 161,337] \\
+        [--results benchmarks/RESULTS.md]
+
+Methods:
+- ``teacher-sliding``: the bidirectional default model generates 17 frames, then repeatedly predicts the
+  next 12 from the last 5 (its VDT prediction task), the naive way to extend a short-horizon model;
+- each ``--student NAME=FOLDER``: a causal transformer rolled out by ``VidGenAutoregressivePipeline``
+  (4 steps, no guidance, the rolling cache of the training horizon).
+
+Prints, for each length, a table of every window's mean scores (held-out captions, fixed seeds), the
+speed table (streaming throughput and latency to the first frames on this machine), and with
+``--results`` writes both tables and a PNG plot (count and color accuracy over time) into that
+Markdown file, replacing its previous long-video section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidgen import (
+    DEFAULT_MODEL,
+    VidGenAutoregressivePipeline,
+    VidGenMaskedVideoPipeline,
+    VidGenPipeline,
+    VidGenTransformer3DModel,
+)
+from vidgen.data import shapes
+from vidgen.eval import evaluation_set, score_windows
+
+METRICS = ("count", "color", "shape", "size_stability", "speed", "background")
+MARK_BEGIN, MARK_END = "<!-- bench_long_video: begin -->", "<!-- bench_long_video: end -->"
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+    return (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
+
+
+def teacher_sliding(pipe, masked, caption, num_frames, seed, steps, given=5):
+    """17 frames from text, then windows of 17 that keep the last ``given`` frames and predict the rest."""
+    g = torch.Generator().manual_seed(seed)
+    common = dict(prompt=caption, num_inference_steps=steps, output_type="np", frame_rate=shapes.FPS)
+    video = pipe(generator=g, **common).frames[0]  # (17, H, W, 3)
+    while len(video) < num_frames:
+        window = np.zeros_like(video[:17])
+        window[:given] = video[-given:]
+        out = masked(video=window, task="predict", given_frames=given, generator=g, **common).frames[0]
+        video = np.concatenate([video, out[given:]])
+    return video[:num_frames]
+
+
+def causal(pipe, caption, num_frames, seed):
+    g = torch.Generator().manual_seed(seed)
+    return pipe(caption, num_frames=num_frames, generator=g, output_type="np", frame_rate=shapes.FPS).frames[0]
+
+
+def window_table(results: dict, length: int) -> str:
+    """Per method and window: the mean of each metric over the videos."""
+    lines = [
+        f"Length {length} frames: mean over videos per 17-frame window (start frame); "
+        "count/color/shape/size/speed in %, background 0-255",
+        "",
+        "| method | window start | " + " | ".join(METRICS) + " |",
+        "|---" * (len(METRICS) + 2) + "|",
+    ]
+    for method, rows in results.items():
+        for w, start in enumerate(rows[0]):
+            cells = [f"{np.mean([video[w][m] for video in rows]):.1f}" for m in METRICS]
+            lines.append(f"| {method} | {start['start']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(all_results: dict) -> str:
+    """Per length and method: the first and the last window, and the worst window's count and color."""
+    lines = [
+        "| length | method | count first / last / worst | color first / last / worst | background last |",
+        "|---|---|---|---|---|",
+    ]
+    for length, results in all_results.items():
+        for method, rows in results.items():
+            count = [np.mean([v[w]["count"] for v in rows]) for w in range(len(rows[0]))]
+            color = [np.mean([v[w]["color"] for v in rows]) for w in range(len(rows[0]))]
+            background = np.mean([v[-1]["background"] for v in rows])
+            lines.append(
+                f"| {length} | {method} | {count[0]:.0f} / {count[-1]:.0f} / {min(count):.0f} | "
+                f"{color[0]:.0f} / {color[-1]:.0f} / {min(color):.0f} | {background:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def speed_table(pipe, masked, students: dict, teacher_steps: int, length: int) -> str:
+    """Streaming throughput and latency to the first frames, one video each, after a warm-up."""
+    caption = "a red circle moves right"
+    lines = [
+        f"| method | video | frames/s | latency to first frames (s) | threads: {torch.get_num_threads()} |",
+        "|---|---|---|---|---|",
+    ]
+    pipe(caption, num_inference_steps=2, output_type="np")  # warm-up
+    tic = time.perf_counter()
+    pipe(caption, num_inference_steps=teacher_steps, output_type="np", generator=torch.Generator().manual_seed(0))
+    seconds = time.perf_counter() - tic
+    n = pipe.default_video_size[0]
+    lines.append(f"| teacher ({teacher_steps} steps, guidance 3) | {n} frames | {n / seconds:.1f} | {seconds:.2f} |  |")
+    tic = time.perf_counter()
+    teacher_sliding(pipe, masked, caption, length, 0, teacher_steps)
+    seconds = time.perf_counter() - tic
+    lines.append(f"| teacher-sliding ({teacher_steps} steps) | {length} frames | {length / seconds:.1f} | (17 frames first) |  |")
+    for name, ar in students.items():
+        list(ar.stream(caption, num_frames=17))  # warm-up
+        tic = time.perf_counter()
+        first = None
+        for _ in ar.stream(caption, num_frames=length, generator=torch.Generator().manual_seed(0)):
+            first = first or time.perf_counter() - tic
+        seconds = time.perf_counter() - tic
+        lines.append(f"| {name} (4 steps, streaming) | {length} frames | {length / seconds:.1f} | {first:.3f} |  |")
+    return "\n".join(lines)
+
+
+def plot(all_results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    length = max(all_results)
+    results = all_results[length]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, metric in zip(axes, ("count", "color", "background")):
+        for method, rows in results.items():
+            starts = [w["start"] for w in rows[0]]
+            ax.plot(starts, [np.mean([v[w][metric] for v in rows]) for w in range(len(starts))], marker="o", label=method)
+        ax.set_xlabel("window start (frame)")
+        ax.set_title(f"{metric} ({'%' if metric != 'background' else '0-255'}), {length} frames")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def write_results(path: Path, text: str) -> None:
+    """Replace this benchmark's section of the Markdown file (or append it)."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
+    if MARK_BEGIN in old:
+        head, rest = old.split(MARK_BEGIN, 1)
+        new = head + section + rest.split(MARK_END, 1)[1]
+    else:
+        new = old.rstrip() + "\n\n" + section + "\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=DEFAULT_MODEL, help="the bidirectional teacher's pipeline folder")
+    p.add_argument("--student", action="append", default=[], help="NAME=FOLDER of a causal transformer")
+    p.add_argument("--num", type=int, default=20, help="held-out captions per length")
+    p.add_argument("--lengths", default="161,337")
+    p.add_argument("--teacher-steps", type=int, default=30)
+    p.add_argument("--skip-teacher", action="store_true", help="students only")
+    p.add_argument("--results", default=None, help="Markdown file to write the tables and plot into")
+    args = p.parse_args()
+
+    pipe = VidGenPipeline.from_pretrained(args.model)
+    masked = VidGenMaskedVideoPipeline.from_pipe(pipe)
+    students = {}
+    for spec in args.student:
+        name, _, folder = spec.partition("=")
+        if not folder:
+            raise SystemExit(f"--student must be NAME=FOLDER; got {spec!r}")
+        causal_transformer = VidGenTransformer3DModel.from_pretrained(folder)
+        students[name] = VidGenAutoregressivePipeline.from_pipe(pipe, transformer=causal_transformer)
+    for p_ in (pipe, masked, *students.values()):
+        p_.set_progress_bar_config(disable=True)
+
+    clips = evaluation_set(args.num)
+    all_results = {}
+    for length in [int(x) for x in args.lengths.split(",")]:
+        results = {}
+        methods = ({} if args.skip_teacher else {"teacher-sliding": None}) | students
+        for method, ar in methods.items():
+            tic = time.time()
+            rows = []
+            for i, clip in enumerate(clips):
+                if ar is None:
+                    video = teacher_sliding(pipe, masked, clip.caption, length, i, args.teacher_steps)
+                else:
+                    video = causal(ar, clip.caption, length, i)
+                rows.append(score_windows(to_uint8(video), clip.caption))
+            results[method] = rows
+            print(f"{length} frames, {method}: {time.time() - tic:.0f}s", flush=True)
+        all_results[length] = results
+        print("\n" + window_table(results, length) + "\n", flush=True)
+
+    summary = summary_table(all_results)
+    speed = speed_table(pipe, masked, students, args.teacher_steps, max(all_results))
+    print(summary + "\n\n" + speed)
+    if args.results:
+        results_path = Path(args.results)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        png = results_path.with_name("long_video.png")
+        plot(all_results, png)
+        text = "\n\n".join(
+            [
+                "## Long videos: teacher by sliding windows vs causal students",
+                f"`python benchmarks/bench_long_video.py --num {args.num} --lengths {args.lengths} ...` "
+                f"({len(clips)} held-out captions, seeds 0..{len(clips) - 1}).",
+                summary,
+                f"![count, color and background brightness over time]({png.name})",
+                "Streaming speed:",
+                speed,
+                *[window_table(r, n) for n, r in all_results.items()],
+            ]
+        )
+        write_results(results_path, text)
+        print(f"wrote {results_path} and {png}")
+
+
+if __name__ == "__main__":
+    main()
