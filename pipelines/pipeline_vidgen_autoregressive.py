@@ -101,7 +101,7 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
         guidance_scale: float = 1.0,
         kv_cache_frames: int | None = None,
         num_pinned_frames: int = 0,
-        decode_context_frames: int = 2,
+        decode_context_frames: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -236,7 +236,8 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
                     if i + 1 < len(sigmas):
                         eps = randn_tensor(x0.shape, generator=generator, device=device, dtype=x0.dtype)
                         x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * eps
-                velocity(x0, 0.0, s, True)  # context pass: the chunk's clean keys and values
+                if s + chunk < F:  # context pass: the chunk's clean keys and values, for the chunks after it
+                    velocity(x0, 0.0, s, True)
                 clean[:, :, s : s + chunk] = self.unpack_latents(x0, (chunk, *grid[1:]))
                 progress_bar.update()
                 if output_type == "latent":
