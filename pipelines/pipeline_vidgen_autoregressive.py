@@ -2,7 +2,8 @@
 (Self-Forcing's inference loop), past its training length with a rolling cache, streaming each chunk's
 frames as soon as they are decoded.
 
-Per chunk of ``causal_chunk_size`` latent frames:
+Per chunk of ``causal_chunk_size`` latent frames (latent frame 0 alone when the transformer has
+``independent_first_frame``; the last chunk may be shorter):
 
 1. few-step denoising from pure noise: predict the clean chunk ``x0 = x - sigma * v`` (attending to the
    cached past), then re-noise it to the next, lower level ``x = (1 - s) * x0 + s * noise``;
@@ -45,7 +46,7 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
             ...
     """
 
-    def _check_causal_transformer(self) -> int:
+    def _check_causal_transformer(self) -> None:
         if not isinstance(self.transformer, VidGenTransformer3DModel) or (
             self.transformer.config.causal_chunk_size is None
         ):
@@ -54,21 +55,22 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
                 f"got {type(self.transformer).__name__} with causal_chunk_size="
                 f"{getattr(self.transformer.config, 'causal_chunk_size', None)}"
             )
-        return self.transformer.config.causal_chunk_size
 
     def default_kv_cache_frames(self) -> int:
         """The training horizon minus one chunk: every query then sees as many frames as in training."""
         chunk = self.transformer.config.causal_chunk_size
         return max(chunk, self.transformer.config.sample_size[0] - chunk)
 
-    def _given_latents(self, video, height: int, width: int, chunk: int, device):
+    def _given_latents(self, video, height: int, width: int, device):
         """Encode the frames to extend: normalised latents ``(1, C, G, H, W)`` and pixels ``(1, 3, F, H, W)``."""
         t = self.vae_temporal_compression_ratio
         frames = len(video)
-        if (frames - 1) % t or ((frames - 1) // t + 1) % chunk:
+        starts = self.transformer.chunk_starts(frames)  # in latent frames, enough of them
+        if (frames - 1) % t or (frames - 1) // t + 1 not in starts:
+            ok = [(f - 1) * t + 1 for f in starts[1:6]]
             raise ValueError(
-                f"video must have k*{t} + 1 frames with k + 1 a multiple of causal_chunk_size={chunk} (whole "
-                f"chunks of latent frames); got {frames}"
+                f"video must have k*{t} + 1 frames that end on a chunk boundary of the causal transformer "
+                f"(whole chunks of latent frames, e.g. {ok}); got {frames}"
             )
         pixels = self.video_to_pixels(video, height, width).to(device, self.vae.dtype)  # (1, 3, F, H, W)
         latents = self.normalize_latents(self.vae.encode(pixels).latent_dist.mode().float())
@@ -131,8 +133,8 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
         Yields:
             The frames of each chunk in order (the given frames first, when extending).
         """
-        # 1. Check inputs; the causal chunk size and the cache window come from the transformer's config.
-        chunk = self._check_causal_transformer()
+        # 1. Check inputs; the causal chunks and the cache window come from the transformer's config.
+        self._check_causal_transformer()
         frame_rate = frame_rate or self.default_frame_rate
         if video is not None:
             first = np.asarray(video[0])
@@ -146,13 +148,6 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
         )  # fmt: skip
         grid = self.latent_grid(num_frames, height, width)  # (F, H, W) latent
         F = grid[0]
-        t_ratio = self.vae_temporal_compression_ratio
-        if F % chunk:
-            hint = (-(-F // chunk) * chunk - 1) * t_ratio + 1
-            raise ValueError(
-                f"num_frames must give a multiple of causal_chunk_size={chunk} latent frames; got {num_frames} "
-                f"({F} latent frames), try {hint}"
-            )
         if F > self.transformer.rope.max_frame_position:
             raise ValueError(
                 f"num_frames must stay within the position embedding's {self.transformer.rope.max_frame_position} "
@@ -209,14 +204,15 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
         decode_args = (decode_timestep, decode_noise_scale, generator, "pt", prompt_embeds.dtype)
         start = 0
         if video is not None:
-            given, pixels = self._given_latents(video, height, width, chunk, device)
+            given, pixels = self._given_latents(video, height, width, device)
             if given.shape[2] >= F:
                 raise ValueError(
                     f"video must be shorter than num_frames={num_frames}; got {len(video)} frames"
                 )
             clean[:, :, : given.shape[2]] = given
-            for s in range(0, given.shape[2], chunk):
-                velocity(self.pack_latents(given[:, :, s : s + chunk]), 0.0, s, True)
+            bounds = self.transformer.chunk_starts(given.shape[2])
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                velocity(self.pack_latents(given[:, :, s:e]), 0.0, s, True)
             start = given.shape[2]
             original = (pixels.float().permute(0, 2, 1, 3, 4) + 1) / 2  # (1, G, 3, H, W) in [0, 1]
             yield (
@@ -226,24 +222,25 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
             )
 
         # 6. Chunk loop: denoise in a few steps, write the clean chunk into the cache, decode, hand out.
-        with self.progress_bar(total=(F - start) // chunk) as progress_bar:
-            for s in range(start, F, chunk):
+        bounds = [b for b in self.transformer.chunk_starts(F) if b >= start]  # the last chunk may be shorter
+        with self.progress_bar(total=len(bounds) - 1) as progress_bar:
+            for s, e in zip(bounds[:-1], bounds[1:]):
                 if self._interrupt:
                     break
-                x = self.pack_latents(noise[:, :, s : s + chunk])  # (B, n, C)
+                x = self.pack_latents(noise[:, :, s:e])  # (B, n, C)
                 for i, sigma in enumerate(sigmas):
                     x0 = x - sigma * velocity(x, sigma, s, False)
                     if i + 1 < len(sigmas):
                         eps = randn_tensor(x0.shape, generator=generator, device=device, dtype=x0.dtype)
                         x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * eps
-                if s + chunk < F:  # context pass: the chunk's clean keys and values, for the chunks after it
+                if e < F:  # context pass: the chunk's clean keys and values, for the chunks after it
                     velocity(x0, 0.0, s, True)
-                clean[:, :, s : s + chunk] = self.unpack_latents(x0, (chunk, *grid[1:]))
+                clean[:, :, s:e] = self.unpack_latents(x0, (e - s, *grid[1:]))
                 progress_bar.update()
                 if output_type == "latent":
                     yield x0
                     continue
-                frames = self._decode_chunk(clean, s, s + chunk, decode_context_frames, decode_args)
+                frames = self._decode_chunk(clean, s, e, decode_context_frames, decode_args)
                 yield self.to_output_type(frames, output_type)
         self.maybe_free_model_hooks()
 

@@ -55,6 +55,9 @@ def parse_args(argv=None):
         "--teacher", default=DEFAULT_MODEL, help="bidirectional pipeline folder (default: embedded)"
     )
     p.add_argument("--chunk-size", type=int, default=1, help="latent frames per causal chunk")
+    p.add_argument(
+        "--independent-first-frame", action="store_true", help="latent frame 0 is a chunk by itself"
+    )
     p.add_argument("--few-steps", type=int, default=4, help="the student's denoising levels per chunk")
     p.add_argument("--pairs", type=int, default=1024, help="ODE pairs (rounded up to shards of 64)")
     p.add_argument("--guidance", type=float, default=3.0, help="the teacher's guidance scale")
@@ -100,19 +103,21 @@ def make_pairs(args, run: Path, pipe, sigmas, grid, device) -> dict:
     return {k: v if k == "captions" else torch.cat(v) for k, v in pairs.items()}
 
 
-def regression_loss(student, pairs, pipe, sigmas, chunk, g, batch, device) -> torch.Tensor:
-    """One teacher-forced ODE regression batch: clean frames before chunk ``k``, chunk ``k`` at level ``i``."""
-    n, S, _, F = len(pairs["clean"]), len(sigmas), *pairs["clean"].shape[1:3]
+def regression_loss(student, pairs, pipe, sigmas, g, batch, device) -> torch.Tensor:
+    """One teacher-forced ODE regression batch: clean frames before chunk ``[k, e)``, the chunk at level ``i``."""
+    n, S, F = len(pairs["clean"]), len(sigmas), pairs["clean"].shape[2]
+    bounds = student.chunk_starts(F)
     idx = torch.randint(0, n, (batch,), generator=g)
-    k = int(torch.randint(0, F // chunk, (1,), generator=g)) * chunk  # first frame of the chunk
+    c = int(torch.randint(0, len(bounds) - 1, (1,), generator=g))
+    k, e = bounds[c], bounds[c + 1]  # the chunk's frames
     i = int(torch.randint(0, S, (1,), generator=g))
     clean = pairs["clean"][idx].to(device)
-    x = torch.cat([clean[:, :, :k], pairs["states"][idx, i][:, :, k : k + chunk].to(device)], dim=2)
-    t = torch.zeros(batch, k + chunk, device=device)
+    x = torch.cat([clean[:, :, :k], pairs["states"][idx, i][:, :, k:e].to(device)], dim=2)
+    t = torch.zeros(batch, e, device=device)
     t[:, k:] = 1000 * sigmas[i]
     text = encode_text(pipe, [pairs["captions"][j] for j in idx], device)
     prediction = predict_x0(student, x, t, text)[:, :, k:]
-    return (prediction - clean[:, :, k : k + chunk]).square().mean()
+    return (prediction - clean[:, :, k:e]).square().mean()
 
 
 def main(argv=None):
@@ -128,14 +133,11 @@ def main(argv=None):
     pipe.text_encoder.requires_grad_(False).eval()
     grid = tuple(pipe.transformer.config.sample_size)  # the training horizon (F, H, W) in latent frames
     sigmas = pipe.scheduler.few_step_sigmas(args.few_steps, num_tokens=int(np.prod(grid))).tolist()
-    if grid[0] % args.chunk_size:
-        raise ValueError(
-            f"--chunk-size must divide the teacher's {grid[0]} latent frames; got {args.chunk_size}"
-        )
     pairs = make_pairs(args, run, pipe, sigmas, grid, device)
 
     # 2. The student: the teacher's weights, block-causal.
-    student = causal_student(pipe.transformer, args.chunk_size).to(device).train()
+    student = causal_student(pipe.transformer, args.chunk_size, args.independent_first_frame)
+    student = student.to(device).train()
     student.requires_grad_(True)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     start, tensors, _ = load_latest_checkpoint(run / "checkpoints", {"optimizer": opt})
@@ -149,7 +151,7 @@ def main(argv=None):
         g = torch.Generator().manual_seed(args.seed * 7_000_003 + step * 1009 + accelerator.process_index)
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 50)
-        loss = regression_loss(student, pairs, pipe, sigmas, args.chunk_size, g, args.batch, device)
+        loss = regression_loss(accelerator.unwrap_model(student), pairs, pipe, sigmas, g, args.batch, device)
         opt.zero_grad()
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(student.parameters(), 1.0)

@@ -60,7 +60,7 @@ def main(argv=None):
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     d = Distillation(args, run, accelerator)  # teacher, student, critic, optimizers, EMA, resume
     C, (F, H, W) = d.teacher.config.in_channels, d.grid
-    chunks = F // d.student.config.causal_chunk_size
+    chunks = len(accelerator.unwrap_model(d.student).chunk_starts(F)) - 1
 
     def generate(g, grad: bool, exit_step: int):
         """Captions and a rollout of the teacher's horizon."""

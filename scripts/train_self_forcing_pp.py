@@ -11,17 +11,18 @@ that rollout. Per generator update:
 
 1. long rollout, without gradients: ``L`` latent frames (uniform up to ``--rollout-frames``), the
    student's own few-step sampling with a rolling cache of ``--kv-cache-frames``;
-2. a window of the teacher's horizon at a random chunk-aligned start ``s``; its first chunk is context
-   (given, clean), the rest is regenerated from the cache as it stood at that point, starting from the
-   student's own frames noised to a random few-step level (backward noise initialisation), with
-   gradients through that one step;
-3. DMD on the window: the teacher sees it at positions ``0 .. F-1`` with the first chunk given (as its
+2. a window of the teacher's horizon ``[s - 1, s - 1 + F)`` with ``s`` a random chunk start: its first
+   latent frame is context (given, clean), the rest, whole chunks, is regenerated from the cache as it
+   stood at ``s``, starting from the student's own frames noised to a random few-step level (backward
+   noise initialisation), with gradients through that one step;
+3. DMD on the window: the teacher sees it at positions ``0 .. F-1`` with the first frame given (its
    prediction task), the critic likewise; the loss covers the regenerated frames only;
 4. the critic learns from ``--critic-ratio`` random windows of the same rollout.
 
-Design choice: the window's first chunk is given to the teacher rather than scored, because the
+Design choice: the window's first frame is given to the teacher rather than scored, because the
 teacher only ever saw the video's first latent frame (one pixel frame) at position 0; a mid-video
-latent frame (four pixel frames) is fine as context but not as a frame to generate there.
+latent frame (four pixel frames) is fine as context but not as a frame to generate there. The
+windows therefore need ``F - 1`` to be whole chunks (chunk sizes 1, 2 or 4 with a 5-frame horizon).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main(argv=None):
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     d = Distillation(args, run, accelerator)  # teacher, student, critic, optimizers, EMA, resume
     C, (F, H, W) = d.teacher.config.in_channels, d.grid
-    chunk = d.student.config.causal_chunk_size
+    student = accelerator.unwrap_model(d.student)
+    chunk = student.config.causal_chunk_size
     window = args.kv_cache_frames or max(chunk, F - chunk)
     last = len(d.sigmas) - 1
     if args.rollout_frames < F + chunk:
@@ -83,11 +85,15 @@ def main(argv=None):
 
     tic = time.time()
     for step in range(d.start, args.steps):
-        shared = torch.Generator().manual_seed(step)  # same on every process: lengths and levels
-        L = chunk * int(
-            torch.randint((F + chunk) // chunk, args.rollout_frames // chunk + 1, (1,), generator=shared)
-        )
-        starts = chunk * torch.randint(0, (L - F) // chunk + 1, (args.critic_ratio + 1,), generator=shared)
+        shared = torch.Generator().manual_seed(step)  # same on every process: lengths, windows and levels
+        L = int(torch.randint(F + chunk, args.rollout_frames + 1, (1,), generator=shared))
+        bounds = set(student.chunk_starts(L + 1))  # chunk starts, and L + 1
+        regen = [b for b in sorted(bounds) if 1 <= b and b - 1 + F <= L and b - 1 + F in bounds | {L}]
+        if not regen:
+            raise ValueError(
+                f"no window of {F} frames has F - 1 whole chunks of {chunk}; choose another chunk size"
+            )
+        picks = torch.randint(0, len(regen), (args.critic_ratio + 1,), generator=shared).tolist()
         exit_step = int(torch.randint(0, len(d.sigmas), (1,), generator=shared))
         g = torch.Generator().manual_seed(args.seed * 7_000_003 + step * 1009 + accelerator.process_index)
         captions = training_captions(
@@ -96,38 +102,44 @@ def main(argv=None):
         text, uncond = d.text(captions)
         noise = torch.randn((args.batch, C, L, H, W), generator=g).to(accelerator.device)
 
-        # 1. Long rollout with the rolling cache; keep the cache as it stood after the window's first chunk.
-        s = int(starts[0])
+        # 1. Long rollout with the rolling cache; keep the cache as it stood at the window's first chunk.
+        s = regen[picks[0]]
         with torch.no_grad():
             head, cache = rollout(
-                d.student, noise[:, :, : s + chunk], text, d.sigmas, [last] * L, g, window, grad=False
+                d.student, noise[:, :, :s], text, d.sigmas, [last] * L, g, window, grad=False
             )
             at_window = cache.snapshot()
             tail, _ = rollout(
-                d.student, noise[:, :, s + chunk :], text, d.sigmas, [last] * L, g, cache=cache,
-                frame_offset=s + chunk, grad=False,
+                d.student, noise[:, :, s:], text, d.sigmas, [last] * L, g, cache=cache, frame_offset=s,
+                grad=False,
             )  # fmt: skip
         video = torch.cat([head, tail], dim=2)  # (B, C, L, H, W): the student's own long video
 
-        # 2-3. Regenerate the window from backward-noised own frames, with one gradient step per chunk; DMD.
-        own = video[:, :, s + chunk : s + F]
+        # 2-3. Regenerate the window from backward-noised own frames, one gradient step per chunk; DMD.
+        own = video[:, :, s : s - 1 + F]
         regenerated, _ = rollout(
             d.student, torch.randn(own.shape, generator=g).to(own), text, d.sigmas, [exit_step] * F, g,
-            cache=at_window, frame_offset=s + chunk, init=own,
+            cache=at_window, frame_offset=s, init=own,
         )  # fmt: skip
-        x = torch.cat([video[:, :, s : s + chunk], regenerated], dim=2)  # (B, C, F, H, W), first chunk given
-        loss_g, stats = dmd_loss(
-            x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g, chunk
-        )
+        x = torch.cat([video[:, :, s - 1 : s], regenerated], dim=2)  # (B, C, F, H, W), first frame given
+        loss_g, stats = dmd_loss(x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g, 1)
         d.update("student", loss_g)
         d.update_ema(step)
 
         # 4. Critic: flow matching on other windows of the same rollout.
-        for start in starts[1:].tolist():
-            loss_c = critic_loss(d.critic, video[:, :, start : start + F], text, d.sample_sigma, g, chunk)
+        for pick in picks[1:]:
+            start = regen[pick] - 1
+            loss_c = critic_loss(d.critic, video[:, :, start : start + F], text, d.sample_sigma, g, 1)
             d.update("critic", loss_c)
 
-        row = {"step": step, "frames": L, "window": s, "dmd": loss_g.item(), "critic": loss_c.item(), **stats}
+        row = {
+            "step": step,
+            "frames": L,
+            "window": s - 1,
+            "dmd": loss_g.item(),
+            "critic": loss_c.item(),
+            **stats,
+        }
         row["seconds"] = time.time() - tic
         append_csv(run / "log.csv", row)
         print(

@@ -12,8 +12,9 @@ from vidgen.testing import tiny_components
 PROMPT = "a red circle moves right"
 
 
-def causal_pipe(chunk: int = 1) -> VidGenAutoregressivePipeline:
-    pipe = VidGenAutoregressivePipeline(**tiny_components(causal_chunk_size=chunk))
+def causal_pipe(chunk: int = 1, independent_first_frame: bool = False) -> VidGenAutoregressivePipeline:
+    components = tiny_components(causal_chunk_size=chunk, independent_first_frame=independent_first_frame)
+    pipe = VidGenAutoregressivePipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -40,7 +41,7 @@ def reference_rollout(pipe, num_frames, steps, guidance, seed):
     g = torch.Generator().manual_seed(seed)
     grid = pipe.latent_grid(num_frames, 32, 32)
     F, H, W = grid
-    chunk = pipe.transformer.config.causal_chunk_size
+    bounds = pipe.transformer.chunk_starts(F)
     do_cfg = guidance > 1
     embeds, mask = pipe.encode_prompt_for_guidance(
         PROMPT, None, do_cfg, 1, None, None, None, None, None, "cpu"
@@ -50,8 +51,9 @@ def reference_rollout(pipe, num_frames, steps, guidance, seed):
     sigmas = pipe.scheduler.few_step_sigmas(
         steps, num_tokens=int(np.prod(pipe.transformer.config.sample_size))
     )
-    for s in range(0, F, chunk):
-        x = pipe.pack_latents(noise[:, :, s : s + chunk])
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        chunk = e - s
+        x = pipe.pack_latents(noise[:, :, s:e])
         for i, sigma in enumerate(sigmas.tolist()):
             tokens = torch.cat([pipe.pack_latents(clean[:, :, :s]), x], dim=1)  # (1, (s+chunk)*H*W, C)
             t = torch.tensor([[0.0] * s + [sigma * 1000] * chunk])  # (1, s+chunk) per frame
@@ -65,26 +67,45 @@ def reference_rollout(pipe, num_frames, steps, guidance, seed):
             if i + 1 < len(sigmas):
                 eps = randn_tensor(x0.shape, generator=g, dtype=x0.dtype)
                 x = (1 - sigmas[i + 1]) * x0 + sigmas[i + 1] * eps
-        clean[:, :, s : s + chunk] = pipe.unpack_latents(x0, (chunk, H, W))
+        clean[:, :, s:e] = pipe.unpack_latents(x0, (chunk, H, W))
     return clean
 
 
-@pytest.mark.parametrize("chunk, guidance", [(1, 1.0), (2, 2.5)], ids=["chunk1", "chunk2-cfg"])
-def test_rollout_equals_block_causal_full_forward(chunk, guidance):
-    pipe = causal_pipe(chunk)
-    num_frames = 21 if chunk == 2 else 25  # 6 or 7 latent frames
+@pytest.mark.parametrize(
+    "chunk, first_alone, num_frames, guidance",
+    [(1, False, 25, 1.0), (2, False, 21, 2.5), (2, True, 25, 1.0), (2, True, 21, 1.0)],
+    ids=["chunk1", "chunk2-cfg", "chunk2-first-alone", "chunk2-first-alone-short-last"],
+)
+def test_rollout_equals_block_causal_full_forward(chunk, first_alone, num_frames, guidance):
+    pipe = causal_pipe(chunk, first_alone)
     F = pipe.latent_grid(num_frames, 32, 32)[0]
     kwargs = dict(num_frames=num_frames, num_inference_steps=3, guidance_scale=guidance, output_type="latent")
     out = pipe(PROMPT, kv_cache_frames=F, generator=torch.Generator().manual_seed(0), **kwargs).frames
     reference = reference_rollout(pipe, num_frames, 3, guidance, seed=0)
     diff = (pipe.unpack_latents(out, reference.shape[2:]) - reference).abs().max().item()
-    print(f"chunk {chunk}: rollout with KV cache vs block-causal full forward, max abs diff {diff:.2e}")
+    print(
+        f"chunks {pipe.transformer.chunk_starts(F)}: rollout with KV cache vs block-causal full forward {diff:.2e}"
+    )
     assert diff <= 1e-4
     # A window shorter than the video evicts, and the video changes from the first evicting chunk on.
     rolled = pipe(PROMPT, kv_cache_frames=chunk, generator=torch.Generator().manual_seed(0), **kwargs).frames
-    n = 2 * chunk * 64  # tokens of the first two chunks: the cache had not yet evicted
+    n = pipe.transformer.chunk_starts(F)[2] * 64  # tokens of the first two chunks: nothing evicted yet
     torch.testing.assert_close(rolled[:, :n], out[:, :n], atol=1e-4, rtol=0)
     assert (rolled[:, n:] - out[:, n:]).abs().max() > 1e-3
+
+
+def test_chunks_with_an_independent_first_frame():
+    model = causal_pipe(2, independent_first_frame=True).transformer
+    assert model.chunk_starts(6) == [0, 1, 3, 5, 6]  # [0] [1 2] [3 4] [5]
+    assert model.chunk_of(torch.arange(6)).tolist() == [0, 1, 1, 2, 2, 3]
+    plain = causal_pipe(2).transformer
+    assert plain.chunk_starts(5) == [0, 2, 4, 5] and plain.chunk_of(torch.arange(5)).tolist() == [
+        0,
+        0,
+        1,
+        1,
+        2,
+    ]
 
 
 def test_stream_yields_the_video_chunk_by_chunk_and_runs_past_the_window():
@@ -122,13 +143,11 @@ def test_extension_keeps_given_frames_and_continues_from_them():
 
 def test_bad_inputs_are_clear_errors():
     pipe = causal_pipe(chunk=2)
-    with pytest.raises(ValueError, match="multiple of causal_chunk_size=2 latent frames.*try 21"):
-        pipe(PROMPT, num_frames=17)
     with pytest.raises(ValueError, match="num_pinned_frames"):
         pipe(PROMPT, num_frames=21, kv_cache_frames=2, num_pinned_frames=2)
     with pytest.raises(ValueError, match="decode_context_frames"):
         pipe(PROMPT, num_frames=21, decode_context_frames=0)
-    with pytest.raises(ValueError, match="video must have"):
+    with pytest.raises(ValueError, match="end on a chunk boundary.*e.g. \\[5, 13, 21"):
         pipe(PROMPT, video=np.zeros((9, 32, 32, 3), np.float32), num_frames=21)
     with pytest.raises(ValueError, match="shorter than num_frames"):
         pipe(PROMPT, video=np.zeros((21, 32, 32, 3), np.float32), num_frames=21)

@@ -124,10 +124,11 @@ def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(teacher_pipe
     teacher_pipe.save_pretrained(teacher_dir)
     monkeypatch.setattr(sys, "argv", ["x"])
     init = script("train_causal_init")
-    init.main(["--out", str(tmp_path / "init"), "--teacher", str(teacher_dir), "--pairs", "64", "--substeps", "1",
+    init.main(["--out", str(tmp_path / "init"), "--teacher", str(teacher_dir), "--pairs", "64", "--substeps", "1", "--chunk-size", "2", "--independent-first-frame",
                "--steps", "3", "--batch", "2", "--checkpoint-every", "2"])  # fmt: skip
     student_dir = tmp_path / "init" / "transformer_causal"
-    assert VidGenTransformer3DModel.from_pretrained(student_dir).config.causal_chunk_size == 1
+    config = VidGenTransformer3DModel.from_pretrained(student_dir).config
+    assert (config.causal_chunk_size, config.independent_first_frame) == (2, True)
 
     common = ["--teacher", str(teacher_dir), "--batch", "2", "--critic-ratio", "1", "--checkpoint-every", "1"]
     sf = script("train_self_forcing")

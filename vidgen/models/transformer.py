@@ -16,6 +16,7 @@ plus the latent grid), so one pipeline drives either model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -78,20 +79,21 @@ class _Context:
     mod: torch.Tensor  # (B, L, K, D) AdaLN-single modulation, L in {1, N}
     text: torch.Tensor  # (B, T, D) projected text
     text_mask: torch.Tensor | None  # (B, 1, 1, T) bool
-    chunk_size: int | None  # latent frames per causal chunk; None = bidirectional
+    chunk_of: Callable | None  # frame index -> causal chunk index; None = bidirectional
     kv_cache: KVCache | None
     update_kv_cache: bool
 
 
 def block_causal_mask(
-    q_frames: torch.Tensor, k_frames: torch.Tensor, tokens_per_frame: int, chunk_size: int | None
+    q_chunks: torch.Tensor | None, k_chunks: torch.Tensor | None, tokens_per_frame: int
 ) -> torch.Tensor | None:
-    """Boolean ``(Nq, Nk)`` mask: a query sees keys of its own and earlier chunks. ``None``: sees all."""
-    if chunk_size is None:
+    """Boolean ``(Nq, Nk)`` mask from the chunk index of each query and key frame: a query sees keys of
+    its own and earlier chunks. ``None`` (bidirectional, or nothing to hide): sees all."""
+    if q_chunks is None:
         return None
-    q_chunk = (q_frames // chunk_size).repeat_interleave(tokens_per_frame)
-    k_chunk = (k_frames // chunk_size).repeat_interleave(tokens_per_frame)
-    mask = k_chunk[None, :] <= q_chunk[:, None]
+    q = q_chunks.repeat_interleave(tokens_per_frame)
+    k = k_chunks.repeat_interleave(tokens_per_frame)
+    mask = k[None, :] <= q[:, None]
     return None if bool(mask.all()) else mask
 
 
@@ -109,7 +111,12 @@ def cached_self_attention(
     if past is not None:
         k_all, v_all = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
         k_frames = torch.cat([past[2], ctx.frames])
-    mask = block_causal_mask(ctx.frames, k_frames, tokens_per_frame, ctx.chunk_size)
+    chunk_of = ctx.chunk_of
+    mask = (
+        None
+        if chunk_of is None
+        else block_causal_mask(chunk_of(ctx.frames), chunk_of(k_frames), tokens_per_frame)
+    )
     out = attention(q, k_all, v_all, mask, attn.backend)
     if ctx.kv_cache is not None and ctx.update_kv_cache:
         F = len(ctx.frames)
@@ -199,6 +206,8 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         qk_norm: RMSNorm on queries and keys per head.
         rope_theta, rope_axes_dim: 3D RoPE base and channel split over (frame, row, column).
         causal_chunk_size: latent frames per chunk of block-causal self-attention (``None``: bidirectional).
+        independent_first_frame: with ``causal_chunk_size``, latent frame 0 (the causal VAE's lone first
+            pixel frame) is a chunk by itself and the chunks of ``causal_chunk_size`` start at frame 1.
         sample_size: latent grid ``(F, H, W)`` the model was trained at; pipelines use it as default size.
         sample_frame_rate: frames per second of the training videos (the CLI's default ``--fps``).
     """
@@ -225,6 +234,7 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         rope_theta: float = 10000.0,
         rope_axes_dim: tuple[int, int, int] | None = None,
         causal_chunk_size: int | None = None,
+        independent_first_frame: bool = False,
         sample_size: tuple[int, int, int] = (5, 8, 8),
         sample_frame_rate: float | None = None,
     ):
@@ -280,6 +290,22 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         return next(m.backend for m in self.modules() if isinstance(m, Attention))
 
     # ----------------------------------------------------------------------------------------------
+    # Causal chunks (autoregressive mode).
+    def chunk_of(self, frames: torch.Tensor) -> torch.Tensor:
+        """Causal chunk index of each absolute latent frame index."""
+        chunk = self.config.causal_chunk_size
+        if self.config.independent_first_frame:
+            return torch.where(frames > 0, (frames - 1).clamp_min(0) // chunk + 1, 0)
+        return frames // chunk
+
+    def chunk_starts(self, num_frames: int) -> list[int]:
+        """First frame of every chunk below ``num_frames``, then ``num_frames`` (so consecutive entries
+        bound the chunks; the last one may be shorter)."""
+        chunk = self.config.causal_chunk_size or num_frames
+        first = [0] if self.config.independent_first_frame and chunk > 1 else []
+        offset = 1 if first else 0
+        return [*first, *range(offset, num_frames, chunk), num_frames]
+
     def _timesteps_per_token(
         self, timestep: torch.Tensor, B: int, grid: tuple[int, int, int]
     ) -> torch.Tensor:
@@ -342,11 +368,12 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 raise ValueError(
                     "update_kv_cache cannot run under gradient checkpointing (the cache would be written twice)"
                 )
-            chunk = cfg.causal_chunk_size
-            if chunk is not None and (frame_offset % chunk or F % chunk):
+            starts = self.chunk_starts(frame_offset + F + 1)
+            if cfg.causal_chunk_size is not None and not {frame_offset, frame_offset + F} <= set(starts):
                 raise ValueError(
-                    f"with causal_chunk_size={chunk}, cache writes must cover whole chunks: frame_offset and the "
-                    f"number of frames must be multiples of {chunk}; got frame_offset={frame_offset}, frames={F}"
+                    f"cache writes must cover whole chunks (causal_chunk_size={cfg.causal_chunk_size}, "
+                    f"independent_first_frame={cfg.independent_first_frame}): frames must start and end at chunk "
+                    f"boundaries {starts[:6]}...; got frame_offset={frame_offset}, frames={F}"
                 )
 
         # 1. Timestep modulation, kept at its granularity until it meets the tokens.
@@ -367,7 +394,7 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             mod=mod,
             text=self.caption_projection(encoder_hidden_states),
             text_mask=text_mask,
-            chunk_size=cfg.causal_chunk_size,
+            chunk_of=None if cfg.causal_chunk_size is None else self.chunk_of,
             kv_cache=kv_cache,
             update_kv_cache=update_kv_cache,
         )

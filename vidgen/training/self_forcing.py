@@ -33,10 +33,13 @@ def unpack(x: torch.Tensor, grid) -> torch.Tensor:
     return x.transpose(1, 2).unflatten(2, tuple(grid))  # (B, N, C) -> (B, C, F, H, W)
 
 
-def causal_student(teacher: VidGenTransformer3DModel, chunk_size: int) -> VidGenTransformer3DModel:
+def causal_student(
+    teacher: VidGenTransformer3DModel, chunk_size: int, independent_first_frame: bool = False
+) -> VidGenTransformer3DModel:
     """A block-causal copy of ``teacher`` (same weights, ``causal_chunk_size=chunk_size``)."""
     config = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
-    student = VidGenTransformer3DModel.from_config({**config, "causal_chunk_size": chunk_size})
+    config |= {"causal_chunk_size": chunk_size, "independent_first_frame": independent_first_frame}
+    student = VidGenTransformer3DModel.from_config(config)
     student.load_state_dict(teacher.state_dict())
     return student
 
@@ -118,7 +121,8 @@ def rollout(
     init: torch.Tensor | None = None,
     grad: bool = True,
 ) -> tuple[torch.Tensor, KVCache]:
-    """The student generates ``noise.shape[2]`` latent frames chunk by chunk, from ``frame_offset`` on.
+    """The student generates ``noise.shape[2]`` latent frames chunk by chunk (its ``chunk_starts``), from
+    ``frame_offset`` (a chunk start) on.
 
     Chunk ``k`` runs the few-step levels ``0 .. exit_steps[k]`` (re-noising in between) and keeps the
     clean prediction of its exit step, the only one computed with gradients (when ``grad``). With
@@ -127,18 +131,23 @@ def rollout(
     A context pass at timestep 0 then writes the chunk's clean keys and values into ``cache`` (a new
     rolling cache of ``kv_cache_frames`` when not given). Returns the clean latents and the cache.
     """
-    chunk = student.config.causal_chunk_size
     B, _, F, H, W = noise.shape
+    starts = student.chunk_starts(frame_offset + F)
+    if frame_offset not in starts:
+        raise ValueError(
+            f"frame_offset must be a chunk start; got {frame_offset} (chunk starts {starts[:6]}...)"
+        )
+    bounds = [b - frame_offset for b in starts if b >= frame_offset]
     if cache is None:
         cache = KVCache(student.config.num_layers, max_frames=kv_cache_frames)
     outputs = []
-    for k, s in enumerate(range(0, F, chunk)):
+    for k, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
         offset, exit_step = frame_offset + s, exit_steps[k]
         first = 0
-        x = noise[:, :, s : s + chunk]
+        x = noise[:, :, s:e]
         if init is not None:
             first, level = exit_step, sigmas[exit_step]
-            x = (1 - level) * init[:, :, s : s + chunk] + level * x
+            x = (1 - level) * init[:, :, s:e] + level * x
         for i in range(first, exit_step + 1):
             t = torch.full((B, x.shape[2]), 1000 * sigmas[i], device=x.device)
             with torch.set_grad_enabled(grad and i == exit_step):
@@ -146,12 +155,17 @@ def rollout(
             if i < exit_step:  # drawn in token order, as the pipeline draws it
                 eps = unpack(torch.randn(pack(x0).shape, generator=generator), x0.shape[2:]).to(x0)
                 x = (1 - sigmas[i + 1]) * x0.detach() + sigmas[i + 1] * eps
-        with (
-            torch.no_grad()
-        ):  # context pass: the clean chunk's keys and values, no gradient through the cache
-            predict_x0(
-                student, x0.detach(), torch.zeros_like(t), text, offset, kv_cache=cache, update_kv_cache=True
-            )
+        if e < F or frame_offset + e in student.chunk_starts(frame_offset + e + 1):  # whole chunks only
+            with torch.no_grad():  # context pass: clean keys and values, no gradient through the cache
+                predict_x0(
+                    student,
+                    x0.detach(),
+                    torch.zeros_like(t),
+                    text,
+                    offset,
+                    kv_cache=cache,
+                    update_kv_cache=True,
+                )
         outputs.append(x0)
     return torch.cat(outputs, dim=2), cache
 
