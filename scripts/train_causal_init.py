@@ -36,7 +36,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vidgen import DEFAULT_MODEL, VidGenPipeline
-from vidgen.training.checkpoint import append_csv, load_latest_checkpoint, save_checkpoint, save_model
+from vidgen.training.checkpoint import (
+    append_csv,
+    check_resume,
+    load_latest_checkpoint,
+    save_checkpoint,
+    save_model,
+)
 from vidgen.training.self_forcing import (
     causal_student,
     encode_text,
@@ -140,7 +146,8 @@ def main(argv=None):
     student = student.to(device).train()
     student.requires_grad_(True)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    start, tensors, _ = load_latest_checkpoint(run / "checkpoints", {"optimizer": opt})
+    start, tensors, state = load_latest_checkpoint(run / "checkpoints", {"optimizer": opt})
+    check_resume(state.get("args"), vars(args))
     if tensors is not None:
         student.load_state_dict(tensors)
     student, opt = accelerator.prepare(student, opt)
@@ -167,6 +174,7 @@ def main(argv=None):
                 step + 1,
                 accelerator.unwrap_model(student).state_dict(),
                 {"optimizer": opt},
+                {"args": vars(args)},
             )
 
     # 4. Export the student.

@@ -127,6 +127,9 @@ def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(teacher_pipe
     init.main(["--out", str(tmp_path / "init"), "--teacher", str(teacher_dir), "--pairs", "64", "--substeps", "1", "--chunk-size", "2", "--independent-first-frame",
                "--steps", "3", "--batch", "2", "--checkpoint-every", "2"])  # fmt: skip
     student_dir = tmp_path / "init" / "transformer_causal"
+    with pytest.raises(ValueError, match="other settings \\(chunk_size, independent_first_frame\\)"):
+        init.main(["--out", str(tmp_path / "init"), "--teacher", str(teacher_dir), "--pairs", "64", "--substeps", "1",
+                   "--steps", "3", "--batch", "2", "--checkpoint-every", "2"])  # fmt: skip
     config = VidGenTransformer3DModel.from_pretrained(student_dir).config
     assert (config.causal_chunk_size, config.independent_first_frame) == (2, True)
 

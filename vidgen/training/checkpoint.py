@@ -73,3 +73,20 @@ def append_csv(path: Path, row: dict) -> None:
         if new:
             f.write(",".join(row) + "\n")
         f.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()) + "\n")
+
+
+def check_resume(
+    saved: dict | None, current: dict, may_change: tuple = ("steps", "checkpoint_every")
+) -> None:
+    """Refuse to resume a run whose settings changed (other than ``may_change``): the checkpoint's
+    weights would silently continue another recipe. ``saved``: the settings stored with the checkpoint."""
+    if saved is None:
+        return
+    changed = sorted(
+        k for k in set(saved) | set(current) if k not in may_change and saved.get(k) != current.get(k)
+    )
+    if changed:
+        raise ValueError(
+            f"the run folder holds a checkpoint made with other settings ({', '.join(changed)}); "
+            "use another --out, or the same settings"
+        )

@@ -22,7 +22,14 @@ import torch
 
 from ..data import shapes
 from ..models import KVCache, VidGenTransformer3DModel
-from .checkpoint import load_latest_checkpoint, prefixed, save_checkpoint, save_model, unprefixed
+from .checkpoint import (
+    check_resume,
+    load_latest_checkpoint,
+    prefixed,
+    save_checkpoint,
+    save_model,
+    unprefixed,
+)
 
 
 def pack(x: torch.Tensor) -> torch.Tensor:
@@ -251,9 +258,11 @@ class Distillation:
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, betas=betas)
         self.ema = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
         self.ema_decay, self.ema_start = args.ema, args.ema_start
-        self.start, tensors, _ = load_latest_checkpoint(
+        self.args = vars(args)
+        self.start, tensors, state = load_latest_checkpoint(
             run / "checkpoints", {"student": self.opt_student, "critic": self.opt_critic}
         )
+        check_resume(state.get("args"), self.args)
         if tensors is not None:
             self.student.load_state_dict(unprefixed("student", tensors))
             self.critic.load_state_dict(unprefixed("critic", tensors))
@@ -292,9 +301,8 @@ class Distillation:
         unwrap = self.accelerator.unwrap_model
         tensors = prefixed("student", unwrap(self.student)) | prefixed("critic", unwrap(self.critic))
         tensors |= {f"ema.{k}": v for k, v in self.ema.items()}
-        save_checkpoint(
-            self.run / "checkpoints", step, tensors, {"student": self.opt_student, "critic": self.opt_critic}
-        )
+        optimizers = {"student": self.opt_student, "critic": self.opt_critic}
+        save_checkpoint(self.run / "checkpoints", step, tensors, optimizers, {"args": self.args})
 
     def export(self) -> None:
         """The EMA student as ``run/transformer_causal``."""
