@@ -184,3 +184,10 @@ def test_cli_autoregressive_writes_a_long_video_with_the_causal_subfolder(tmp_pa
         [*cli, "--kv-cache-frames", "3", "--output", str(tmp_path / "x.mp4")], capture_output=True, text=True
     )
     assert result.returncode == 2 and "--kv-cache-frames applies with --autoregressive only" in result.stderr
+    bidirectional = tmp_path / "bidirectional"
+    VidGenPipeline(**components).save_pretrained(bidirectional)
+    cli[cli.index(str(model))] = str(bidirectional)
+    result = subprocess.run(
+        [*cli, "--autoregressive", "--output", str(tmp_path / "y.mp4")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "has no causal transformer for --autoregressive" in result.stderr

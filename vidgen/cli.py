@@ -177,10 +177,10 @@ def _load_pipeline(cls, model: str | None, dtype, device):
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
     if not os.path.isdir(model) and not looks_like_hub_id:
         raise CLIError(f"--model {model}: no such folder")
-    try:
-        from .models import VidGenTransformer3DModel
-        from .pipelines import CAUSAL_SUBFOLDER, VidGenAutoregressivePipeline
+    from .models import VidGenTransformer3DModel
+    from .pipelines import CAUSAL_SUBFOLDER, VidGenAutoregressivePipeline
 
+    try:
         components = {}
         if cls is VidGenAutoregressivePipeline and os.path.isdir(os.path.join(model, CAUSAL_SUBFOLDER)):
             # a pipeline folder may carry a causal student next to its bidirectional transformer
@@ -191,6 +191,14 @@ def _load_pipeline(cls, model: str | None, dtype, device):
         pipe.to(getattr(torch, dtype))
     except Exception as e:  # any loading failure becomes one line naming the model
         raise CLIError(f"--model {model} could not be loaded: {str(e).splitlines()[0]}") from e
+    if (
+        cls is VidGenAutoregressivePipeline
+        and getattr(pipe.transformer.config, "causal_chunk_size", None) is None
+    ):
+        raise CLIError(
+            f"--model {model} has no causal transformer for --autoregressive (a {CAUSAL_SUBFOLDER}/ folder, or a "
+            "causal transformer/); make one with scripts/train_causal_init.py"
+        )
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
 
