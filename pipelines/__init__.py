@@ -1,12 +1,17 @@
 from .common import VidGenPipelineOutput
 from .pipeline_vidgen import VidGenPipeline
-from .pipeline_vidgen_autoregressive import CAUSAL_SUBFOLDER, VidGenAutoregressivePipeline
+from .pipeline_vidgen_autoregressive import (
+    CAUSAL_SUBFOLDER,
+    STREAMING_VAE_SUBFOLDER,
+    VidGenAutoregressivePipeline,
+)
 from .pipeline_vidgen_image2video import VidGenImageToVideoPipeline
 from .pipeline_vidgen_masked import VidGenMaskedVideoPipeline
 from .pipeline_vidgen_video2video import VidGenVideoToVideoPipeline, generate_high_resolution
 
 __all__ = [
     "CAUSAL_SUBFOLDER",
+    "STREAMING_VAE_SUBFOLDER",
     "VidGenAutoregressivePipeline",
     "VidGenImageToVideoPipeline",
     "VidGenMaskedVideoPipeline",

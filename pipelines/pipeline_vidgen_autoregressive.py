@@ -30,6 +30,9 @@ from .common import VidGenPipelineBase, VidGenPipelineOutput
 CAUSAL_SUBFOLDER = "transformer_causal"
 """Where a pipeline folder keeps a causal student next to its bidirectional ``transformer`` (the
 embedded default does; the CLI's ``--autoregressive`` loads it from there)."""
+STREAMING_VAE_SUBFOLDER = "vae_streaming"
+"""Where a pipeline folder keeps a VAE with the same encoder and a small, fast decoder for streaming
+(``scripts/train_streaming_decoder.py``); ``--autoregressive`` uses it when present."""
 
 
 class VidGenAutoregressivePipeline(VidGenPipelineBase):

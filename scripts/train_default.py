@@ -85,30 +85,6 @@ def parse_args():
 
 # --------------------------------------------------------------------------------------------------
 # Helpers: data, checkpoints.
-def render_batch(
-    seeds, num_frames=17, window=None, random_colors: float = 0.0
-) -> tuple[torch.Tensor, list[str], np.ndarray]:
-    """Pixels ``(B, 3, F, 64, 64)`` in [-1, 1], captions, object masks ``(B, F, 64, 64)``.
-    ``random_colors``: the share of clips whose objects take random colors (one bright channel at least)."""
-    clips = []
-    for i, s in enumerate(seeds):
-        colors = None
-        if (i + 0.5) / len(seeds) < random_colors:
-            rng = np.random.default_rng([int(s), 0xC010])
-            colors = {}
-            for name in shapes.COLORS:
-                rgb = rng.integers(0, 256, 3)
-                rgb[rng.integers(3)] = rng.integers(120, 256)  # at least one bright channel
-                colors[name] = tuple(int(v) for v in rgb)
-        clips.append(shapes.sample_clip(int(s), colors=colors))
-    frames = np.stack([c.frames for c in clips])  # (B, 17, H, W, 3)
-    masks = np.stack([c.frames.any(-1) for c in clips])  # (B, 17, H, W)
-    if window is not None:
-        frames, masks = frames[:, window], masks[:, window]
-    pixels = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
-    return pixels, [c.caption for c in clips], masks
-
-
 def save_checkpoint(folder: Path, step: int, tensors: dict, optimizer, keep: int = 2) -> None:
     """Atomic: write into a temporary folder, then rename; keep the last ``keep``."""
     final = folder / f"step_{step:06d}"
@@ -172,7 +148,7 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         start_frame = 4 * int(torch.randint(0, 4, (1,), generator=g))
         seeds = np.arange(step * args.vae_batch, (step + 1) * args.vae_batch) + 10_000_000
-        x, _, masks = render_batch(
+        x, _, masks = shapes.render_training_batch(
             seeds, window=slice(start_frame, start_frame + 5), random_colors=args.vae_random_colors
         )
         x = x.to(accelerator.device)
@@ -207,7 +183,7 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
     vae = accelerator.unwrap_model(vae).eval()
     # Per-channel latent statistics over fresh clips, for normalisation in the pipelines.
     with torch.no_grad():
-        x, _, _ = render_batch(np.arange(256) + 20_000_000)
+        x, _, _ = shapes.render_training_batch(np.arange(256) + 20_000_000)
         z = torch.cat([vae.encode(x[i : i + 32]).latent_dist.mode() for i in range(0, 256, 32)])
         vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))
         vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)))
@@ -225,7 +201,7 @@ def build_cache(args, run: Path, vae, tokenizer) -> dict:
     latents, tokens, objects = [], [], []
     for start in range(0, args.clips, 64):
         seeds = np.arange(start, min(start + 64, args.clips))
-        x, captions, masks = render_batch(seeds)
+        x, captions, masks = shapes.render_training_batch(seeds)
         z = vae.encode(x).latent_dist.mode()
         mean, std = vae.latents_mean.view(1, -1, 1, 1, 1), vae.latents_std.view(1, -1, 1, 1, 1)
         latents.append((z - mean) / std)

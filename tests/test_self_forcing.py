@@ -149,3 +149,25 @@ def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(teacher_pipe
     pipe = VidGenAutoregressivePipeline.from_pipe(teacher_pipe, transformer=causal)
     video = pipe(PROMPT, num_frames=29, output_type="np", generator=torch.Generator().manual_seed(0)).frames
     assert video.shape == (1, 29, 32, 32, 3) and np.isfinite(video).all()
+
+
+def test_streaming_decoder_recipe_keeps_the_encoder_and_shrinks_the_decoder(tmp_path, monkeypatch):
+    from vidgen import VidGenVideoAutoencoder
+
+    source = VidGenVideoAutoencoder(block_out_channels=(8, 16, 16), latent_channels=8)
+    pipe_dir = tmp_path / "pipe"
+    source.save_pretrained(pipe_dir / "vae")
+    monkeypatch.setattr(sys, "argv", ["x"])
+    recipe = script("train_streaming_decoder")
+    out = tmp_path / "stream"
+    recipe.main(
+        ["--out", str(out), "--model", str(pipe_dir), "--channels", "8,8,8", "--steps", "2", "--batch", "2"]
+    )
+    vae = VidGenVideoAutoencoder.from_pretrained(out / "vae")
+    assert vae.config.decoder_block_out_channels == [8, 8, 8]
+    for name, p in source.state_dict().items():
+        if name.startswith("enc_"):
+            torch.testing.assert_close(vae.state_dict()[name], p)  # the latent space is the same
+    assert sum(p.numel() for p in vae.parameters()) < sum(p.numel() for p in source.parameters())
+    video = vae.decode(torch.randn(1, 8, 2, 8, 8)).sample
+    assert video.shape == (1, 3, 5, 64, 64) and torch.isfinite(video).all()

@@ -8,6 +8,7 @@ from . import _diffusers_loading, attention  # noqa: F401  (vidgen.attention: sp
 from .models import KVCache, VidGenTransformer3DModel, VidGenVideoAutoencoder, make_vae
 from .pipelines import (
     CAUSAL_SUBFOLDER,
+    STREAMING_VAE_SUBFOLDER,
     VidGenAutoregressivePipeline,
     VidGenImageToVideoPipeline,
     VidGenMaskedVideoPipeline,
@@ -26,6 +27,7 @@ DEFAULT_MODEL = str(_Path(__file__).parent / "default_model")
 
 __all__ = [
     "CAUSAL_SUBFOLDER",
+    "STREAMING_VAE_SUBFOLDER",
     "KVCache",
     "VidGenAutoregressivePipeline",
     "VidGenFlowMatchScheduler",

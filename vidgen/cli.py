@@ -177,16 +177,19 @@ def _load_pipeline(cls, model: str | None, dtype, device):
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
     if not os.path.isdir(model) and not looks_like_hub_id:
         raise CLIError(f"--model {model}: no such folder")
-    from .models import VidGenTransformer3DModel
-    from .pipelines import CAUSAL_SUBFOLDER, VidGenAutoregressivePipeline
+    from .models import VidGenTransformer3DModel, VidGenVideoAutoencoder
+    from .pipelines import CAUSAL_SUBFOLDER, STREAMING_VAE_SUBFOLDER, VidGenAutoregressivePipeline
 
     try:
         components = {}
-        if cls is VidGenAutoregressivePipeline and os.path.isdir(os.path.join(model, CAUSAL_SUBFOLDER)):
-            # a pipeline folder may carry a causal student next to its bidirectional transformer
-            components["transformer"] = VidGenTransformer3DModel.from_pretrained(
-                model, subfolder=CAUSAL_SUBFOLDER
-            )
+        if cls is VidGenAutoregressivePipeline:
+            # a pipeline folder may carry a causal student and a fast streaming decoder next to its own
+            for name, folder, model_cls in (
+                ("transformer", CAUSAL_SUBFOLDER, VidGenTransformer3DModel),
+                ("vae", STREAMING_VAE_SUBFOLDER, VidGenVideoAutoencoder),
+            ):
+                if os.path.isdir(os.path.join(model, folder)):
+                    components[name] = model_cls.from_pretrained(model, subfolder=folder)
         pipe = cls.from_pretrained(model, dtype=getattr(torch, dtype), **components)
         pipe.to(getattr(torch, dtype))
     except Exception as e:  # any loading failure becomes one line naming the model

@@ -21,6 +21,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 NATIVE_SIZE = 64
 NATIVE_FRAMES = 17
@@ -234,3 +235,28 @@ def sample_clip(seed: int, held_out: bool = False, **render_kwargs) -> Clip:
     """A random clip: objects and rendering both drawn from ``seed``."""
     rng = np.random.default_rng([seed, 0x5EED])
     return render_clip(sample_objects(rng, held_out=held_out), seed, **render_kwargs)
+
+
+def render_training_batch(
+    seeds, window: slice | None = None, random_colors: float = 0.0
+) -> tuple[torch.Tensor, list[str], np.ndarray]:
+    """Native training clips of ``sample_clip(seed)``: pixels ``(B, 3, F, 64, 64)`` in [-1, 1], captions,
+    object masks ``(B, F, 64, 64)``; ``window`` selects frames. ``random_colors``: the share of clips whose
+    objects take random colors (one bright channel at least), for autoencoders that must decode any color."""
+    clips = []
+    for i, s in enumerate(seeds):
+        colors = None
+        if (i + 0.5) / len(seeds) < random_colors:
+            rng = np.random.default_rng([int(s), 0xC010])
+            colors = {}
+            for name in COLORS:
+                rgb = rng.integers(0, 256, 3)
+                rgb[rng.integers(3)] = rng.integers(120, 256)  # at least one bright channel
+                colors[name] = tuple(int(v) for v in rgb)
+        clips.append(sample_clip(int(s), colors=colors))
+    frames = np.stack([c.frames for c in clips])  # (B, 17, H, W, 3)
+    masks = np.stack([c.frames.any(-1) for c in clips])  # (B, 17, H, W)
+    if window is not None:
+        frames, masks = frames[:, window], masks[:, window]
+    pixels = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    return pixels, [c.caption for c in clips], masks

@@ -109,7 +109,8 @@ class Upsample(nn.Module):
 class VidGenVideoAutoencoder(ModelMixin, ConfigMixin):
     r"""Causal video autoencoder: ``patch_size`` space-to-depth, then ``len(block_out_channels) - 1``
     stride-2 stages in time and space. Spatial compression ``patch_size * 2**stages``, temporal
-    ``2**stages``. ``encode`` returns a (deterministic) ``DiagonalGaussianDistribution`` over the latents."""
+    ``2**stages``. ``decoder_block_out_channels`` (default: the encoder's) sizes the decoder alone.
+    ``encode`` returns a (deterministic) ``DiagonalGaussianDistribution`` over the latents."""
 
     _supports_gradient_checkpointing = False
 
@@ -119,6 +120,7 @@ class VidGenVideoAutoencoder(ModelMixin, ConfigMixin):
         in_channels: int = 3,
         latent_channels: int = 16,
         block_out_channels: tuple[int, ...] = (32, 64, 96),
+        decoder_block_out_channels: tuple[int, ...] | None = None,
         patch_size: int = 2,
         timestep_conditioning: bool = True,
         scaling_factor: float = 1.0,
@@ -134,12 +136,18 @@ class VidGenVideoAutoencoder(ModelMixin, ConfigMixin):
         self.enc_down = nn.ModuleList(CausalConv3d(chans[i], chans[i + 1], stride=2) for i in range(stages))
         self.enc_norm = FrameGroupNorm(8, chans[-1])
         self.enc_out = CausalConv3d(chans[-1], latent_channels)
-        # Decoder: non-causal, timestep-conditioned.
-        temb_dim = 4 * chans[0] if timestep_conditioning else None
+        # Decoder: non-causal, timestep-conditioned; its own widths when given (a small, fast decoder
+        # for streaming shares the encoder and so the latent space).
+        dchans = list(decoder_block_out_channels or block_out_channels)
+        if len(dchans) != len(chans):
+            raise ValueError(
+                f"decoder_block_out_channels must have {len(chans)} entries like block_out_channels; got {dchans}"
+            )
+        temb_dim = 4 * dchans[0] if timestep_conditioning else None
         if timestep_conditioning:
-            self.time_proj = Timesteps(chans[0], flip_sin_to_cos=True, downscale_freq_shift=0)
-            self.time_embed = TimestepEmbedding(chans[0], temb_dim)
-        rchans = chans[::-1]
+            self.time_proj = Timesteps(dchans[0], flip_sin_to_cos=True, downscale_freq_shift=0)
+            self.time_embed = TimestepEmbedding(dchans[0], temb_dim)
+        rchans = dchans[::-1]
         self.dec_in = CausalConv3d(latent_channels, rchans[0], causal=False)
         self.dec_blocks = nn.ModuleList(ResBlock(c, causal=False, temb_dim=temb_dim) for c in rchans)
         self.dec_up = nn.ModuleList(Upsample(rchans[i], rchans[i + 1]) for i in range(stages))
