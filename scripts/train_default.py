@@ -84,7 +84,7 @@ def parse_args():
 
 
 # --------------------------------------------------------------------------------------------------
-# Helpers: data, checkpoints.
+# Helpers: checkpoints, learning rate, logs (the data: shapes.render_training_batch).
 def save_checkpoint(folder: Path, step: int, tensors: dict, optimizer, keep: int = 2) -> None:
     """Atomic: write into a temporary folder, then rename; keep the last ``keep``."""
     final = folder / f"step_{step:06d}"
