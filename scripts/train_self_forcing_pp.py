@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from vidgen import DEFAULT_MODEL
 from vidgen.training.checkpoint import append_csv
 from vidgen.training.self_forcing import Distillation, critic_loss, dmd_loss, rollout, training_captions
 
@@ -45,25 +44,12 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, the student)")
     p.add_argument("--student", required=True, help="causal transformer folder (from train_self_forcing.py)")
     p.add_argument(
-        "--teacher", default=DEFAULT_MODEL, help="bidirectional pipeline folder (default: embedded)"
-    )
-    p.add_argument("--few-steps", type=int, default=4, help="denoising levels per chunk")
-    p.add_argument(
         "--rollout-frames", type=int, default=41, help="longest rollout, latent frames (41: 161 frames)"
     )
     p.add_argument(
         "--kv-cache-frames", type=int, default=None, help="rolling cache (default: horizon - chunk)"
     )
-    p.add_argument("--steps", type=int, default=200, help="generator updates")
-    p.add_argument("--critic-ratio", type=int, default=5, help="critic updates per generator update")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-5, help="student learning rate")
-    p.add_argument("--critic-lr", type=float, default=2e-5)
-    p.add_argument("--guidance", type=float, default=3.0, help="the teacher's guidance (real score)")
-    p.add_argument("--ema", type=float, default=0.99)
-    p.add_argument("--ema-start", type=int, default=50, help="generator update from which the EMA averages")
-    p.add_argument("--checkpoint-every", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
+    Distillation.add_arguments(p)
     return p.parse_args(argv)
 
 

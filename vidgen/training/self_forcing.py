@@ -238,6 +238,28 @@ class Distillation:
     """Teacher (frozen pipeline), causal student, critic, their Adam optimizers (``betas=(0, 0.999)`` as
     Self-Forcing), an EMA of the student, and resumable checkpoints under ``run/checkpoints``."""
 
+    @staticmethod
+    def add_arguments(p) -> None:
+        """The command-line flags both DMD recipes take (besides ``--out`` and ``--student``)."""
+        from .. import DEFAULT_MODEL
+
+        p.add_argument(
+            "--teacher", default=DEFAULT_MODEL, help="bidirectional pipeline folder (default: embedded)"
+        )
+        p.add_argument("--few-steps", type=int, default=4, help="denoising levels per chunk")
+        p.add_argument("--steps", type=int, default=200, help="generator updates")
+        p.add_argument("--critic-ratio", type=int, default=5, help="critic updates per generator update")
+        p.add_argument("--batch", type=int, default=8)
+        p.add_argument("--lr", type=float, default=1e-5, help="student learning rate")
+        p.add_argument("--critic-lr", type=float, default=2e-5)
+        p.add_argument("--guidance", type=float, default=3.0, help="the teacher's guidance (real score)")
+        p.add_argument("--ema", type=float, default=0.99)
+        p.add_argument(
+            "--ema-start", type=int, default=50, help="generator update from which the EMA averages"
+        )
+        p.add_argument("--checkpoint-every", type=int, default=25)
+        p.add_argument("--seed", type=int, default=0)
+
     def __init__(self, args, run, accelerator):
         from .. import VidGenPipeline
 
