@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from vidgen.training.checkpoint import append_csv
 from vidgen.training.self_forcing import Distillation, critic_loss, dmd_loss, rollout, training_captions
 
 
@@ -86,13 +85,7 @@ def main(argv=None):
             **stats,
             "seconds": time.time() - tic,
         }
-        append_csv(run / "log.csv", row)
-        print(
-            " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
-            flush=True,
-        )
-        if (step + 1) % args.checkpoint_every == 0:
-            d.save(step + 1)
+        d.end_step(step, row)  # log, print, checkpoint
 
     d.export()
 

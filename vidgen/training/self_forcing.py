@@ -23,6 +23,7 @@ import torch
 from ..data import shapes
 from ..models import KVCache, VidGenTransformer3DModel
 from .checkpoint import (
+    append_csv,
     check_resume,
     load_latest_checkpoint,
     prefixed,
@@ -325,6 +326,16 @@ class Distillation:
         tensors |= {f"ema.{k}": v for k, v in self.ema.items()}
         optimizers = {"student": self.opt_student, "critic": self.opt_critic}
         save_checkpoint(self.run / "checkpoints", step, tensors, optimizers, {"args": self.args})
+
+    def end_step(self, step: int, row: dict) -> None:
+        """Log ``row`` (CSV and one printed line) and checkpoint every ``--checkpoint-every`` updates."""
+        append_csv(self.run / "log.csv", row)
+        print(
+            " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+            flush=True,
+        )
+        if (step + 1) % self.args["checkpoint_every"] == 0:
+            self.save(step + 1)
 
     def export(self) -> None:
         """The EMA student as ``run/transformer_causal``."""
