@@ -5,14 +5,17 @@ from .pipeline_vidgen_autoregressive import (
     STREAMING_VAE_SUBFOLDER,
     VidGenAutoregressivePipeline,
 )
+from .pipeline_vidgen_hierarchical import HIERARCHICAL_SUBFOLDER, VidGenHierarchicalPipeline
 from .pipeline_vidgen_image2video import VidGenImageToVideoPipeline
 from .pipeline_vidgen_masked import VidGenMaskedVideoPipeline
 from .pipeline_vidgen_video2video import VidGenVideoToVideoPipeline, generate_high_resolution
 
 __all__ = [
     "CAUSAL_SUBFOLDER",
+    "HIERARCHICAL_SUBFOLDER",
     "STREAMING_VAE_SUBFOLDER",
     "VidGenAutoregressivePipeline",
+    "VidGenHierarchicalPipeline",
     "VidGenImageToVideoPipeline",
     "VidGenMaskedVideoPipeline",
     "VidGenPipeline",

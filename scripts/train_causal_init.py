@@ -38,7 +38,6 @@ from safetensors.torch import save_file
 from vidgen import DEFAULT_MODEL, VidGenPipeline
 from vidgen.training.checkpoint import (
     append_csv,
-    check_resume,
     load_latest_checkpoint,
     save_checkpoint,
     save_model,
@@ -146,8 +145,7 @@ def main(argv=None):
     student = student.to(device).train()
     student.requires_grad_(True)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    start, tensors, state = load_latest_checkpoint(run / "checkpoints", {"optimizer": opt})
-    check_resume(state.get("args"), vars(args))
+    start, tensors, state = load_latest_checkpoint(run / "checkpoints", {"optimizer": opt}, vars(args))
     if tensors is not None:
         student.load_state_dict(tensors)
     student, opt = accelerator.prepare(student, opt)

@@ -38,11 +38,11 @@ from transformers import T5Config, T5EncoderModel
 from vidgen import VidGenPipeline, VidGenTransformer3DModel
 from vidgen.data import shapes
 from vidgen.data.text import word_tokenizer
-from vidgen.masks import sample_training_mask
-from vidgen.models.autoencoder import VidGenVideoAutoencoder
+from vidgen.masks import sample_default_training_mask
+from vidgen.models.autoencoder import AUTOENCODER_PRESETS, VidGenVideoAutoencoder
 from vidgen.schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
+from vidgen.training.checkpoint import save_pipeline
 
-VAE_CONFIG = dict(latent_channels=16, block_out_channels=(32, 48, 64), patch_size=2)
 DIT_CONFIG = dict(
     in_channels=16, num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64,
     block_layout="full", sample_size=(5, 8, 8),
@@ -69,7 +69,8 @@ def parse_args():
         default=0.0,
         help="share of VAE clips whose objects take random colors",
     )
-    p.add_argument("--vae-channels", default="32,48,64", help="VAE block widths, comma-separated")
+    p.add_argument("--vae-preset", choices=sorted(AUTOENCODER_PRESETS), default="shapes")
+    p.add_argument("--vae-channels", default=None, help="VAE block widths, comma-separated (default: the preset's)")
     p.add_argument("--stop-after", choices=("vae", "cache"), default=None, help="stop after this stage")
     p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
     p.add_argument("--dit-steps", type=int, default=3800)
@@ -134,8 +135,10 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
     if (final / "config.json").exists():
         return VidGenVideoAutoencoder.from_pretrained(final)
     torch.manual_seed(args.seed)
-    channels = tuple(int(c) for c in args.vae_channels.split(","))
-    vae = VidGenVideoAutoencoder(**(VAE_CONFIG | {"block_out_channels": channels}))
+    config = dict(AUTOENCODER_PRESETS[args.vae_preset])
+    if args.vae_channels:
+        config["block_out_channels"] = tuple(int(c) for c in args.vae_channels.split(","))
+    vae = VidGenVideoAutoencoder(**config)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     ckpt = run / "vae_ckpt"
     start, tensors, opt_state = latest_checkpoint(ckpt)
@@ -206,10 +209,9 @@ def build_cache(args, run: Path, vae, tokenizer) -> dict:
         mean, std = vae.latents_mean.view(1, -1, 1, 1, 1), vae.latents_std.view(1, -1, 1, 1, 1)
         latents.append((z - mean) / std)
         tokens.append(tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids)
-        # Object tokens: latent frame 0 <- pixel frame 0, frame k <- pixel frames 4k-3 .. 4k; 8x8 pooling.
-        m = torch.from_numpy(masks).float()  # (B, 17, 64, 64)
-        m = torch.cat([m[:, :1], m[:, 1:].reshape(len(m), 4, 4, 64, 64).amax(2)], dim=1)  # (B, 5, 64, 64)
-        objects.append(F.max_pool2d(m, 8) > 0)  # (B, 5, 8, 8)
+        objects.append(
+            shapes.object_tokens(masks, vae.temporal_compression_ratio, vae.spatial_compression_ratio)
+        )  # (B, F, H, W) latent tokens an object touches
         print(f"cache {start + len(seeds)}/{args.clips}", flush=True)
     cache = {"latents": torch.cat(latents), "tokens": torch.cat(tokens), "objects": torch.cat(objects)}
     save_file(cache, path)
@@ -257,7 +259,7 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         x0 = latents[idx]  # (B, C, F, H, W)
         ids = tokens[idx].clone()
         ids[torch.rand(len(ids), generator=g) < 0.1] = empty  # caption dropout for CFG
-        mask = torch.stack([_training_mask((Fl, H, W), g) for _ in idx])  # (B, F, H, W), 1 = generate
+        mask = torch.stack([sample_default_training_mask((Fl, H, W), g) for _ in idx])  # (B, F, H, W), 1 = generate
         u = torch.rand(len(idx), generator=g).clamp(1e-4, 1 - 1e-4)
         sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))  # (B,) shifted like the sampler
         noise = torch.randn(x0.shape, generator=g)
@@ -291,18 +293,6 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     return dit, t5
 
 
-def _training_mask(grid, g):
-    """35% text-to-video (all generated), 15% image-to-video (frame 0 given), else VDT's sampler."""
-    r = float(torch.rand((), generator=g))
-    mask = torch.ones(grid)
-    if r < 0.35:
-        return mask
-    if r < 0.5:
-        mask[0] = 0
-        return mask
-    return sample_training_mask(grid, g)[1]
-
-
 # --------------------------------------------------------------------------------------------------
 def main():
     args = parse_args()
@@ -325,15 +315,7 @@ def main():
             vae=vae, text_encoder=t5, tokenizer=tokenizer, transformer=dit,
             scheduler=VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG),
         )  # fmt: skip
-        tmp = Path(args.export).with_name(Path(args.export).name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        pipe.save_pretrained(tmp)
-        for config in tmp.glob("*/config.json"):  # the run folder's path is no part of the model
-            data = json.loads(config.read_text())
-            data.pop("_name_or_path", None)
-            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(args.export, ignore_errors=True)
-        os.replace(tmp, args.export)
+        save_pipeline(pipe, Path(args.export))
         print(f"exported {args.export}")
 
 

@@ -27,7 +27,6 @@ from vidgen import DEFAULT_MODEL, VidGenVideoAutoencoder
 from vidgen.data import shapes
 from vidgen.training.checkpoint import (
     append_csv,
-    check_resume,
     load_latest_checkpoint,
     save_checkpoint,
     save_model,
@@ -72,8 +71,7 @@ def main(argv=None):
         p.requires_grad_(False)
     decoder = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(decoder, lr=args.lr, weight_decay=0.0)
-    start, tensors, state = load_latest_checkpoint(run / "checkpoints", {"optimizer": opt})
-    check_resume(state.get("args"), vars(args))
+    start, tensors, state = load_latest_checkpoint(run / "checkpoints", {"optimizer": opt}, vars(args))
     if tensors is not None:
         vae.load_state_dict(tensors)
     vae, opt = accelerator.prepare(vae, opt)

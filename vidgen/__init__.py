@@ -5,11 +5,20 @@ from pathlib import Path as _Path
 from diffusers import ModelMixin, SchedulerMixin  # noqa: F401  (looked up by diffusers' loader)
 
 from . import _diffusers_loading, attention  # noqa: F401  (vidgen.attention: sparse and window attention)
-from .models import KVCache, VidGenTransformer3DModel, VidGenVideoAutoencoder, make_vae
+from .models import (
+    FeatureProjector,
+    HierarchicalAdapter,
+    KVCache,
+    VidGenTransformer3DModel,
+    VidGenVideoAutoencoder,
+    make_vae,
+)
 from .pipelines import (
     CAUSAL_SUBFOLDER,
+    HIERARCHICAL_SUBFOLDER,
     STREAMING_VAE_SUBFOLDER,
     VidGenAutoregressivePipeline,
+    VidGenHierarchicalPipeline,
     VidGenImageToVideoPipeline,
     VidGenMaskedVideoPipeline,
     VidGenPipeline,
@@ -27,9 +36,13 @@ DEFAULT_MODEL = str(_Path(__file__).parent / "default_model")
 
 __all__ = [
     "CAUSAL_SUBFOLDER",
+    "FeatureProjector",
+    "HIERARCHICAL_SUBFOLDER",
+    "HierarchicalAdapter",
     "STREAMING_VAE_SUBFOLDER",
     "KVCache",
     "VidGenAutoregressivePipeline",
+    "VidGenHierarchicalPipeline",
     "VidGenFlowMatchScheduler",
     "VidGenImageToVideoPipeline",
     "VidGenMaskedVideoPipeline",

@@ -125,6 +125,19 @@ def sample_training_mask(
     return task, task_mask(task, grid, given=given, every=every, index=index)
 
 
+def sample_default_training_mask(
+    grid: Grid, generator: torch.Generator | None = None, t2v: float = 0.35, i2v: float = 0.15
+) -> torch.Tensor:
+    """The default model's mix: text-to-video (all generated) with probability ``t2v``, image-to-video
+    (frame 0 given) with ``i2v``, else :func:`sample_training_mask` (VDT's sampler)."""
+    r = _uniform(generator, 0, 1)
+    if r < t2v:
+        return _ones(grid)
+    if r < t2v + i2v:
+        return single_frame_mask(grid)
+    return sample_training_mask(grid, generator)[1]
+
+
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the positions where ``mask`` is 1 only (mask broadcasts over channels)."""
     mask = mask.expand_as(prediction)

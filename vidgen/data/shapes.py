@@ -238,11 +238,12 @@ def sample_clip(seed: int, held_out: bool = False, **render_kwargs) -> Clip:
 
 
 def render_training_batch(
-    seeds, window: slice | None = None, random_colors: float = 0.0
+    seeds, window: slice | None = None, random_colors: float = 0.0, size: int = NATIVE_SIZE
 ) -> tuple[torch.Tensor, list[str], np.ndarray]:
-    """Native training clips of ``sample_clip(seed)``: pixels ``(B, 3, F, 64, 64)`` in [-1, 1], captions,
-    object masks ``(B, F, 64, 64)``; ``window`` selects frames. ``random_colors``: the share of clips whose
-    objects take random colors (one bright channel at least), for autoencoders that must decode any color."""
+    """Training clips of ``sample_clip(seed)``: pixels ``(B, 3, F, size, size)`` in [-1, 1], captions,
+    object masks ``(B, F, size, size)``; ``window`` selects frames. ``random_colors``: the share of clips whose
+    objects take random colors (one bright channel at least), for autoencoders that must decode any color.
+    A seed gives the same scene at every ``size`` (positions, sizes and speeds scale with it)."""
     clips = []
     for i, s in enumerate(seeds):
         colors = None
@@ -253,10 +254,21 @@ def render_training_batch(
                 rgb = rng.integers(0, 256, 3)
                 rgb[rng.integers(3)] = rng.integers(120, 256)  # at least one bright channel
                 colors[name] = tuple(int(v) for v in rgb)
-        clips.append(sample_clip(int(s), colors=colors))
+        clips.append(sample_clip(int(s), colors=colors, height=size, width=size))
     frames = np.stack([c.frames for c in clips])  # (B, 17, H, W, 3)
     masks = np.stack([c.frames.any(-1) for c in clips])  # (B, 17, H, W)
     if window is not None:
         frames, masks = frames[:, window], masks[:, window]
     pixels = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     return pixels, [c.caption for c in clips], masks
+
+
+def object_tokens(masks: np.ndarray, temporal: int, spatial: int) -> torch.Tensor:
+    """Which latent tokens an object touches: pixel masks ``(B, F, H, W)`` (``F = k * temporal + 1``) ->
+    bool ``(B, k + 1, H / spatial, W / spatial)``. Latent frame 0 covers pixel frame 0 and latent frame
+    ``j`` pixel frames ``(j - 1) * temporal + 1 .. j * temporal`` (a causal VAE)."""
+    m = torch.from_numpy(masks).float()
+    B, F, H, W = m.shape
+    rest = m[:, 1:].reshape(B, (F - 1) // temporal, temporal, H, W).amax(2)
+    m = torch.cat([m[:, :1], rest], dim=1)  # (B, k + 1, H, W)
+    return torch.nn.functional.max_pool2d(m, spatial) > 0

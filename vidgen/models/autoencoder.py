@@ -106,6 +106,16 @@ class Upsample(nn.Module):
         return self.conv(x)
 
 
+AUTOENCODER_PRESETS: dict[str, dict] = {
+    # The default model's: a latent token per 8x8 pixels x 4 frames, 16 channels (a 17-frame 64x64 clip
+    # is 5x8x8 tokens).
+    "shapes": dict(latent_channels=16, block_out_channels=(32, 48, 64), patch_size=2),
+    # Turbo2K's compressed latent space: a token per 16x16 pixels x 4 frames, 32 channels (5x4x4 tokens,
+    # 4x fewer), the extra compression in the patchify, as LTX-Video does it.
+    "shapes-compressed": dict(latent_channels=32, block_out_channels=(48, 64, 96), patch_size=4),
+}
+
+
 class VidGenVideoAutoencoder(ModelMixin, ConfigMixin):
     r"""Causal video autoencoder: ``patch_size`` space-to-depth, then ``len(block_out_channels) - 1``
     stride-2 stages in time and space. Spatial compression ``patch_size * 2**stages``, temporal

@@ -24,8 +24,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import FeedForward
 from diffusers.models.embeddings import PixArtAlphaTextProjection, apply_rotary_emb
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
 from diffusers.utils.peft_utils import apply_lora_scale
 from torch import nn
 
@@ -34,6 +34,15 @@ from .embeddings import AdaLNSingle, RotaryPosEmbed3D
 from .kv_cache import KVCache
 
 BLOCK_LAYOUTS = ("full", "factorized")
+
+
+@dataclass
+class VidGenTransformerOutput(BaseOutput):
+    """``sample``: ``(B, N, C_out)`` predicted velocity. ``hidden_states``: with
+    ``output_hidden_states``, the ``(B, N, D)`` output of every block, in order; else ``None``."""
+
+    sample: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 class Attention(nn.Module):
@@ -336,6 +345,8 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         frame_offset: int = 0,
         kv_cache: KVCache | None = None,
         update_kv_cache: bool = False,
+        block_residuals: dict[int, torch.Tensor] | None = None,
+        output_hidden_states: bool = False,
         attention_kwargs: dict | None = None,
         return_dict: bool = True,
     ):
@@ -350,6 +361,9 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             frame_offset: absolute index of the first frame (positions and causal chunks of a rollout).
             kv_cache: past keys and values; the input's queries attend to them first.
             update_kv_cache: append this input's keys and values to ``kv_cache``.
+            block_residuals: ``{block index: (B, N, D)}`` added to that block's output (the guidance of
+                :class:`~vidgen.models.turbo2k.HierarchicalAdapter`, ControlNet-style).
+            output_hidden_states: also return every block's output (feature alignment, hierarchy).
         """
         cfg = self.config
         B, N, _ = hidden_states.shape
@@ -399,17 +413,28 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             update_kv_cache=update_kv_cache,
         )
 
+        if block_residuals and not set(block_residuals) <= set(range(cfg.num_layers)):
+            raise ValueError(
+                f"block_residuals keys must be block indices in [0, {cfg.num_layers}); got {sorted(block_residuals)}"
+            )
+
         # 3. Trunk.
         x = self.proj_in(hidden_states)  # (B, N, D)
+        hidden = []
         for i, block in enumerate(self.transformer_blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, x, i, ctx)
             else:
                 x = block(x, i, ctx)
+            if block_residuals and i in block_residuals:
+                x = x + block_residuals[i]
+            if output_hidden_states:
+                hidden.append(x)
 
         # 4. Final modulated projection.
         shift, scale = (self.scale_shift_table + emb[:, :, None]).unbind(2)  # (B, L, D)
         out = self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # (B, N, C_out)
+        hidden = tuple(hidden) if output_hidden_states else None
         if not return_dict:
-            return (out,)
-        return Transformer2DModelOutput(sample=out)
+            return (out,) if hidden is None else (out, hidden)
+        return VidGenTransformerOutput(sample=out, hidden_states=hidden)

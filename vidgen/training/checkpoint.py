@@ -30,14 +30,19 @@ def save_checkpoint(
     return final
 
 
-def load_latest_checkpoint(folder: Path, optimizers: dict) -> tuple[int, dict | None, dict]:
+def load_latest_checkpoint(
+    folder: Path, optimizers: dict, args: dict | None = None
+) -> tuple[int, dict | None, dict]:
     """``(step, tensors, state)`` of the newest checkpoint, with the optimizers' states restored in
-    place; ``(0, None, {})`` when there is none."""
+    place; ``(0, None, {})`` when there is none. With ``args`` (the run's settings), first refuse a
+    checkpoint saved with other settings (:func:`check_resume`)."""
     done = sorted(Path(folder).glob("step_*"))
     if not done:
         return 0, None, {}
     last = done[-1]
     state = json.loads((last / "state.json").read_text())
+    if args is not None:
+        check_resume(state.get("args"), args)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(torch.load(last / f"{name}.pt", weights_only=True))
     return state["step"], load_file(last / "weights.safetensors"), state
@@ -61,6 +66,21 @@ def save_model(model, folder: Path) -> None:
     data = json.loads(config.read_text())
     data.pop("_name_or_path", None)
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def save_pipeline(pipe, folder: Path) -> None:
+    """``save_pretrained`` of a whole pipeline through a temporary folder, without the run's paths in
+    the components' configs."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    for config in tmp.glob("*/config.json"):
+        data = json.loads(config.read_text())
+        data.pop("_name_or_path", None)
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 

@@ -24,7 +24,6 @@ from ..data import shapes
 from ..models import KVCache, VidGenTransformer3DModel
 from .checkpoint import (
     append_csv,
-    check_resume,
     load_latest_checkpoint,
     prefixed,
     save_checkpoint,
@@ -283,9 +282,8 @@ class Distillation:
         self.ema_decay, self.ema_start = args.ema, args.ema_start
         self.args = vars(args)
         self.start, tensors, state = load_latest_checkpoint(
-            run / "checkpoints", {"student": self.opt_student, "critic": self.opt_critic}
+            run / "checkpoints", {"student": self.opt_student, "critic": self.opt_critic}, self.args
         )
-        check_resume(state.get("args"), self.args)
         if tensors is not None:
             self.student.load_state_dict(unprefixed("student", tensors))
             self.critic.load_state_dict(unprefixed("critic", tensors))

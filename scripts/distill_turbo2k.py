@@ -1,0 +1,253 @@
+"""Turbo2K distillation across latent spaces: a smaller student DiT in a compressed latent space, taught by
+the default model's DiT in its own latent space through feature alignment.
+
+    python scripts/train_default.py --out runs/vae16 --vae-preset shapes-compressed --stop-after vae
+    python scripts/distill_turbo2k.py --out runs/turbo2k --student-vae runs/vae16/vae
+    python scripts/distill_turbo2k.py --out runs/turbo2k_plain --student-vae runs/vae16/vae --align-weight 0
+    accelerate launch scripts/distill_turbo2k.py ...   # same recipe, any device
+    vidgen eval --model runs/turbo2k/pipeline
+
+``--align-weight 0`` trains the same student on the same data, steps and seeds without the teacher: the
+baseline that shows what distillation adds. Design decisions (the paper has no code):
+
+- Same video, same noise level: each clip is encoded by both VAEs, both latents are noised at the same
+  sigma (sigma, not step index, since the two token counts shift the schedules differently), and the
+  student's VDT mask is upsampled to the teacher's grid, so both see the same task.
+- Alignment: negative cosine similarity between the teacher's block ``--teacher-block`` output,
+  average-pooled onto the student's token grid, and an MLP projection of the student's block
+  ``--student-block`` output (``vidgen.models.turbo2k``). The teacher runs without gradients and only
+  up to its aligned block (the blocks above it never reach the loss).
+- The student reads the teacher's text encoder, frozen: both students then start with the same
+  language, and the comparison isolates the feature alignment.
+
+Steps: 1. latent cache (both VAEs; shards of 64 written atomically, a rerun skips existing ones);
+2. student and projector; 3. training (resumable; data order and noise are functions of seed and
+step); 4. export of a pipeline folder (compressed VAE, teacher's text encoder, student DiT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from safetensors.torch import load_file, save_file
+
+from vidgen import DEFAULT_MODEL, VidGenPipeline, VidGenTransformer3DModel, VidGenVideoAutoencoder
+from vidgen.data import shapes
+from vidgen.masks import sample_default_training_mask
+from vidgen.models.turbo2k import FeatureProjector, alignment_loss, pool_tokens
+from vidgen.training.checkpoint import (
+    append_csv,
+    load_latest_checkpoint,
+    prefixed,
+    save_checkpoint,
+    save_pipeline,
+    unprefixed,
+)
+
+SHARD = 64
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="run folder (cache, checkpoints, logs, the pipeline)")
+    p.add_argument("--teacher", default=DEFAULT_MODEL, help="teacher pipeline folder")
+    p.add_argument("--student-vae", required=True, help="the compressed VAE's folder")
+    p.add_argument("--cache", default=None, help="latent cache folder (default: <out>/cache); share it")
+    p.add_argument("--clips", type=int, default=8000)
+    p.add_argument("--align-weight", type=float, default=0.5, help="lambda of the alignment loss; 0: none")
+    p.add_argument("--teacher-block", type=int, default=2)
+    p.add_argument("--student-block", type=int, default=1)
+    p.add_argument("--projector-layers", type=int, default=2)
+    p.add_argument("--student-layers", type=int, default=4)
+    p.add_argument("--student-heads", type=int, default=2)
+    p.add_argument("--student-head-dim", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=24)
+    p.add_argument("--lr", type=float, default=7e-4)
+    p.add_argument("--object-weight", type=float, default=8.0, help="loss weight of object tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. The latent cache: every clip through both VAEs.
+def normalized_latents(vae, x: torch.Tensor) -> torch.Tensor:
+    z = vae.encode(x).latent_dist.mode()
+    return (z - vae.latents_mean.view(1, -1, 1, 1, 1)) / vae.latents_std.view(1, -1, 1, 1, 1)
+
+
+@torch.no_grad()
+def build_cache(folder: Path, clips: int, teacher_vae, student_vae, tokenizer) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, clips, SHARD):
+        path = folder / f"shard_{start:07d}.safetensors"
+        if path.exists():
+            continue
+        x, captions, masks = shapes.render_training_batch(np.arange(start, min(start + SHARD, clips)))
+        tokens = tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids
+        shard = {
+            "teacher": normalized_latents(teacher_vae, x),  # (b, C, F, H, W)
+            "student": normalized_latents(student_vae, x),  # (b, C', F, H/2, W/2)
+            "tokens": tokens,
+            "objects": shapes.object_tokens(
+                masks, student_vae.temporal_compression_ratio, student_vae.spatial_compression_ratio
+            ),  # (b, F, H/2, W/2) on the student's grid
+        }
+        tmp = path.with_suffix(".tmp")
+        save_file(shard, tmp)
+        tmp.rename(path)
+        print(f"cache {start + len(x)}/{clips}", flush=True)
+    shards = [load_file(folder / f"shard_{s:07d}.safetensors") for s in range(0, clips, SHARD)]
+    return {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+
+
+def pack(x: torch.Tensor) -> torch.Tensor:  # (B, C, F, H, W) -> (B, N, C)
+    return x.flatten(2).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. One training step's loss.
+def distillation_loss(args, batch, student, projector, teacher, text_encoder, sigma_shift, g):
+    """Student flow matching on its latents plus ``align_weight`` x alignment to the teacher's features."""
+    zs, zt, ids, objects = batch["student"], batch["teacher"], batch["tokens"], batch["objects"]
+    grid_s, grid_t = tuple(zs.shape[2:]), tuple(zt.shape[2:])
+    device = zs.device
+    B = len(zs)
+    # Caption dropout (10%) for classifier-free guidance, like the teacher's training.
+    empty = torch.zeros_like(ids[0])
+    empty[0] = 1  # "" -> just </s>
+    ids = torch.where((torch.rand(B, generator=g) < 0.1)[:, None].to(device), empty, ids)
+    with torch.no_grad():
+        text = text_encoder(ids)[0]  # (B, T, D_text)
+
+    # Same task, same noise level for both: the mask on the student's grid, upsampled to the teacher's.
+    mask_s = torch.stack([sample_default_training_mask(grid_s, g) for _ in range(B)]).to(device)
+    up = [t // s for t, s in zip(grid_t, grid_s)]
+    mask_t = mask_s.repeat_interleave(up[0], 1).repeat_interleave(up[1], 2).repeat_interleave(up[2], 3)
+    u = torch.rand(B, generator=g).clamp(1e-4, 1 - 1e-4)
+    sigma = (math.exp(sigma_shift) / (math.exp(sigma_shift) + (1 / u - 1))).to(device)  # (B,)
+
+    def noised(z, mask):
+        s, m = sigma.view(-1, 1, 1, 1, 1), mask[:, None]
+        noise = torch.randn(z.shape, generator=g).to(device)
+        return m * ((1 - s) * z + s * noise) + (1 - m) * z, noise  # given tokens stay clean
+
+    xs, noise_s = noised(zs, mask_s)
+    out = student(
+        pack(xs), text, sigma[:, None] * 1000 * mask_s.flatten(1), None, *grid_s, output_hidden_states=True
+    )
+    weight = ((1 + args.object_weight * objects.float()) * mask_s).flatten(1)[..., None]  # (B, N, 1)
+    diffusion = (weight * (out.sample - pack(noise_s - zs)) ** 2).sum() / (weight.sum() * zs.shape[1])
+    if args.align_weight == 0:
+        return diffusion, diffusion, torch.zeros(())
+
+    xt, _ = noised(zt, mask_t)
+    with torch.no_grad():
+        t_tok = sigma[:, None] * 1000 * mask_t.flatten(1)  # (B, N_t): 0 on given tokens
+        out_t = teacher(pack(xt), text, t_tok, None, *grid_t, output_hidden_states=True)
+    f_tea = out_t.hidden_states[args.teacher_block]  # (B, N_t, D_t)
+    f_tea = pool_tokens(f_tea, grid_t, grid_s)  # (B, N_s, D_t) on the student's grid
+    align = alignment_loss(f_tea, projector(out.hidden_states[args.student_block]))
+    return diffusion + args.align_weight * align, diffusion, align
+
+
+# --------------------------------------------------------------------------------------------------
+def main(argv=None):
+    args = parse_args(argv)
+    run = Path(args.out)
+    run.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+
+    # 1. Teacher, the compressed VAE, and the cache of both latents.
+    teacher_pipe = VidGenPipeline.from_pretrained(args.teacher)
+    student_vae = VidGenVideoAutoencoder.from_pretrained(args.student_vae).eval()
+    cache = build_cache(
+        Path(args.cache or run / "cache"), args.clips, teacher_pipe.vae, student_vae, teacher_pipe.tokenizer
+    )
+    teacher = teacher_pipe.transformer.to(device).eval().requires_grad_(False)
+    depth = len(teacher.transformer_blocks)
+    if not 0 <= args.teacher_block < depth:
+        raise ValueError(f"--teacher-block must be in [0, {depth}); got {args.teacher_block}")
+    # The teacher only up to its aligned block: the blocks above it never reach the loss.
+    teacher.transformer_blocks = teacher.transformer_blocks[: args.teacher_block + 1]
+    text_encoder = teacher_pipe.text_encoder.to(device).eval().requires_grad_(False)
+
+    # 2. Student DiT on the compressed grid, and the projector into the teacher's feature space.
+    torch.manual_seed(args.seed)
+    grid_s = tuple(cache["student"].shape[2:])
+    student = VidGenTransformer3DModel(
+        in_channels=student_vae.config.latent_channels,
+        num_layers=args.student_layers,
+        num_attention_heads=args.student_heads,
+        attention_head_dim=args.student_head_dim,
+        caption_channels=text_encoder.config.d_model,
+        block_layout="full",
+        sample_size=grid_s,
+        sample_frame_rate=teacher.config.sample_frame_rate,
+    ).to(device)
+    if not 0 <= args.student_block < args.student_layers:
+        raise ValueError(f"--student-block must be in [0, {args.student_layers}); got {args.student_block}")
+    projector = FeatureProjector(
+        student.config.num_attention_heads * student.config.attention_head_dim,
+        teacher.config.num_attention_heads * teacher.config.attention_head_dim,
+        num_layers=args.projector_layers,
+    ).to(device)
+    params = list(student.parameters()) + list(projector.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    lr_schedule = get_cosine_schedule_with_warmup(opt, 100, args.steps)
+    optimizers = {"optimizer": opt, "lr_schedule": lr_schedule}
+    start, tensors, state = load_latest_checkpoint(run / "checkpoints", optimizers, vars(args))
+    if tensors is not None:
+        student.load_state_dict(unprefixed("student", tensors))
+        projector.load_state_dict(unprefixed("projector", tensors))
+    student, projector, opt = accelerator.prepare(student, projector, opt)
+    # Training noise levels shifted like the student's sampling (its token count).
+    sigma_shift = teacher_pipe.scheduler.shift_for_tokens(int(np.prod(grid_s)))
+
+    # 3. Training.
+    tic = time.time()
+    n = len(cache["student"])
+    for step in range(start, args.steps):
+        g = torch.Generator().manual_seed(args.seed * 7_000_003 + step * 1009 + accelerator.process_index)
+        idx = torch.randint(0, n, (args.batch,), generator=g)
+        batch = {k: v[idx].to(device) for k, v in cache.items()}
+        loss, diffusion, align = distillation_loss(
+            args, batch, accelerator.unwrap_model(student), accelerator.unwrap_model(projector),
+            teacher, text_encoder, sigma_shift, g,
+        )  # fmt: skip
+        opt.zero_grad()
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_schedule.step()
+        if step % 25 == 0 or step == args.steps - 1:
+            row = {"loss": loss.item(), "diffusion": diffusion.item(), "align": align.item()}
+            append_csv(run / "distill_log.csv", {"step": step} | row | {"seconds": time.time() - tic})
+            text = " ".join(f"{k} {v:.4f}" for k, v in row.items())
+            print(f"step {step} {text} ({time.time() - tic:.0f}s)", flush=True)
+        if (step + 1) % args.checkpoint_every == 0 and accelerator.is_main_process:
+            tensors = prefixed("student", accelerator.unwrap_model(student))
+            tensors |= prefixed("projector", accelerator.unwrap_model(projector))
+            save_checkpoint(run / "checkpoints", step + 1, tensors, optimizers, {"args": vars(args)})
+
+    # 4. The student's pipeline folder.
+    if accelerator.is_main_process:
+        pipe = VidGenPipeline(
+            vae=student_vae, text_encoder=teacher_pipe.text_encoder, tokenizer=teacher_pipe.tokenizer,
+            transformer=accelerator.unwrap_model(student).eval(), scheduler=teacher_pipe.scheduler,
+        )  # fmt: skip
+        save_pipeline(pipe, run / "pipeline")
+        print(f"wrote {run / 'pipeline'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Turbo2K: token-grid maps, feature alignment, block features and residuals, the hierarchical pipeline,
+and the distillation and adapter recipes, on tiny models."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidgen import (
+    HierarchicalAdapter,
+    VidGenHierarchicalPipeline,
+    VidGenPipeline,
+    VidGenTransformer3DModel,
+    VidGenVideoAutoencoder,
+)
+from vidgen.models.turbo2k import FeatureProjector, alignment_loss, pool_tokens, upsample_tokens
+from vidgen.testing import randomize_, tiny_components, tiny_transformer
+
+PROMPT = "a red circle moves right"
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pooling_averages_regions_and_undoes_nearest_upsampling():
+    x = torch.randn(2, 2 * 4 * 6, 3)  # (B, N, D) on the grid (2, 4, 6)
+    pooled = pool_tokens(x, (2, 4, 6), (1, 2, 3))
+    cube = x.reshape(2, 2, 4, 6, 3)  # (B, F, H, W, D)
+    expected = cube[:, :, 2:4, 4:6].mean(dim=(1, 2, 3))  # the region of coarse token (0, 1, 2)
+    torch.testing.assert_close(pooled[:, 1 * 3 + 2], expected)
+    small = torch.randn(2, 2 * 3 * 3, 5)
+    up = upsample_tokens(small, (2, 3, 3), (2, 6, 9))
+    assert up.shape == (2, 2 * 6 * 9, 5)
+    torch.testing.assert_close(pool_tokens(up, (2, 6, 9), (2, 3, 3)), small)
+    with pytest.raises(ValueError, match="must divide"):
+        pool_tokens(x, (2, 4, 6), (1, 3, 3))
+
+
+def test_alignment_loss_is_minus_one_when_aligned_and_trains_only_the_student_side():
+    teacher = torch.randn(2, 10, 8, requires_grad=True)
+    assert alignment_loss(teacher, 3 * teacher).item() == pytest.approx(-1.0, abs=1e-6)
+    assert alignment_loss(teacher, -teacher).item() == pytest.approx(1.0, abs=1e-6)
+    projector = FeatureProjector(student_dim=4, teacher_dim=8, num_layers=2)
+    alignment_loss(teacher, projector(torch.randn(2, 10, 4))).backward()
+    assert teacher.grad is None  # the teacher is a target
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projector.parameters())
+
+
+def test_block_residuals_add_to_the_block_output_and_hidden_states_report_it():
+    model = tiny_transformer()
+    F, H, W = 2, 4, 4
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, F * H * W, 8, generator=g), torch.randn(1, 5, 16, generator=g)
+    t = torch.tensor([500.0])
+    base = model(x, text, t, None, F, H, W, output_hidden_states=True)
+    assert len(base.hidden_states) == 2 and base.hidden_states[0].shape == (1, F * H * W, 16)
+    torch.testing.assert_close(model(x, text, t, None, F, H, W).sample, base.sample)  # same without features
+    zero = model(x, text, t, None, F, H, W, block_residuals={0: torch.zeros(1, F * H * W, 16)})
+    torch.testing.assert_close(zero.sample, base.sample)
+    r = torch.randn(1, F * H * W, 16, generator=g)
+    guided = model(x, text, t, None, F, H, W, block_residuals={0: r}, output_hidden_states=True)
+    torch.testing.assert_close(guided.hidden_states[0], base.hidden_states[0] + r)
+    assert (guided.sample - base.sample).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="block_residuals keys"):
+        model(x, text, t, None, F, H, W, block_residuals={2: r})
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = VidGenPipeline(**tiny_components())  # trained at 9 frames, 32x32 (token grid 3x8x8)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def hierarchical(pipe, adapter):
+    out = VidGenHierarchicalPipeline.from_pipe(pipe, adapter=adapter)
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
+def test_a_zero_adapter_leaves_stage_two_the_plain_dit_and_a_trained_one_guides_it(pipe):
+    adapter = HierarchicalAdapter(dim=16, blocks=(0, 1))
+    hier = hierarchical(pipe, adapter)
+    kw = dict(num_inference_steps=3, high_res_inference_steps=2, guidance_scale=2.0, output_type="latent")
+    latents = hier(PROMPT, height=64, width=64, generator=torch.Generator().manual_seed(0), **kw).frames
+    # Direct generation at 64x64 from the same stage-two noise (drawn after stage one's).
+    g = torch.Generator().manual_seed(0)
+    pipe.prepare_noise(1, (3, 8, 8), g, "cpu")
+    noise = pipe.pack_latents(pipe.prepare_noise(1, (3, 16, 16), g, "cpu"))
+    direct = pipe(PROMPT, height=64, width=64, num_inference_steps=2, guidance_scale=2.0, latents=noise,
+                  output_type="latent").frames  # fmt: skip
+    torch.testing.assert_close(latents, direct, atol=1e-4, rtol=1e-4)
+
+    randomize_(adapter, seed=1, std=0.05)
+    guided = hier(PROMPT, height=64, width=64, generator=torch.Generator().manual_seed(0), **kw).frames
+    assert (guided - direct).abs().max() > 1e-3
+    video = hier(PROMPT, height=64, width=64, strength=0.6, generator=torch.Generator().manual_seed(0),
+                 num_inference_steps=2, high_res_inference_steps=2, output_type="np").frames  # fmt: skip
+    assert video.shape == (1, 9, 64, 64, 3) and np.isfinite(video).all()
+
+
+def test_hierarchical_pipeline_rejects_bad_sizes_and_strength(pipe):
+    hier = hierarchical(pipe, HierarchicalAdapter(dim=16, blocks=(1,)))
+    with pytest.raises(ValueError, match="integer multiple of the low resolution"):
+        hier(PROMPT, height=48, width=64, num_inference_steps=1, high_res_inference_steps=1)
+    with pytest.raises(ValueError, match="strength must be in"):
+        hier(PROMPT, height=64, width=64, strength=0.0)
+    with pytest.raises(ValueError, match="guides blocks"):
+        hierarchical(pipe, HierarchicalAdapter(dim=16, blocks=(5,)))(
+            PROMPT, height=64, width=64, num_inference_steps=1, high_res_inference_steps=1
+        )
+
+
+def test_adapter_recipe_trains_only_the_adapter_resumes_and_exports(pipe, tmp_path, monkeypatch):
+    model_dir = tmp_path / "model"
+    pipe.save_pretrained(model_dir)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    recipe = script("train_hierarchical")
+    common = ["--out", str(tmp_path / "run"), "--model", str(model_dir), "--sizes", "64", "--clips", "32",
+              "--blocks", "0,1", "--batch", "1", "--checkpoint-every", "2"]  # fmt: skip
+    recipe.main([*common, "--steps", "2"])
+    recipe.main([*common, "--steps", "3"])  # resumes at step 2
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["0", "1", "2"]  # step 2 ran once, after the resume
+    adapter = HierarchicalAdapter.from_pretrained(tmp_path / "run" / "hierarchical_adapter")
+    assert adapter.config.blocks == [0, 1]
+    assert any(p.abs().sum() > 0 for p in adapter.projections.parameters())  # it moved from zero
+    reloaded = VidGenTransformer3DModel.from_pretrained(model_dir / "transformer")
+    for name, p in pipe.transformer.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], p)  # the DiT is untouched
+    with pytest.raises(ValueError, match="other settings \\(blocks\\)"):
+        recipe.main([*common[:-6], "--blocks", "1", *common[-4:], "--steps", "4"])
+
+
+def test_distillation_recipe_trains_a_student_in_another_latent_space(pipe, tmp_path, monkeypatch):
+    teacher_dir = tmp_path / "teacher"
+    pipe.save_pretrained(teacher_dir)
+    vae_dir = tmp_path / "vae16"
+    VidGenVideoAutoencoder(latent_channels=8, block_out_channels=(8, 8, 8), patch_size=4).save_pretrained(vae_dir)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    recipe = script("distill_turbo2k")
+    common = ["--teacher", str(teacher_dir), "--student-vae", str(vae_dir), "--clips", "64",
+              "--cache", str(tmp_path / "cache"), "--student-layers", "2", "--student-head-dim", "8",
+              "--teacher-block", "1", "--student-block", "0", "--batch", "2", "--checkpoint-every", "2"]  # fmt: skip
+    recipe.main(["--out", str(tmp_path / "distilled"), "--steps", "2", *common])
+    recipe.main(["--out", str(tmp_path / "distilled"), "--steps", "3", *common])  # resumes
+    recipe.main(["--out", str(tmp_path / "plain"), "--steps", "3", "--align-weight", "0", *common])
+    rows = [r.split(",") for r in (tmp_path / "distilled" / "distill_log.csv").read_text().splitlines()]
+    assert rows[0][:4] == ["step", "loss", "diffusion", "align"]
+    assert [r[0] for r in rows[1:]] == ["0", "1", "2"] and all(-1 <= float(r[3]) <= 1 for r in rows[1:])
+    assert all(float(r[3]) == 0 for r in [r.split(",") for r in
+               (tmp_path / "plain" / "distill_log.csv").read_text().splitlines()[1:]])  # fmt: skip
+
+    student = VidGenPipeline.from_pretrained(tmp_path / "distilled" / "pipeline")
+    student.set_progress_bar_config(disable=True)
+    assert tuple(student.transformer.config.sample_size) == (5, 4, 4)  # 16x fewer tokens than (5, 16, 16)
+    assert student.vae.spatial_compression_ratio == 16
+    video = student(PROMPT, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+    assert video.frames.shape == (1, 17, 64, 64, 3) and np.isfinite(video.frames).all()
+    plain = VidGenTransformer3DModel.from_pretrained(tmp_path / "plain" / "pipeline" / "transformer")
+    assert any(
+        not torch.equal(p, plain.state_dict()[k]) for k, p in student.transformer.state_dict().items()
+    )  # the alignment changed the training
+    with pytest.raises(ValueError, match="--teacher-block must be in"):
+        recipe.main(["--out", str(tmp_path / "bad"), "--steps", "1", *common[:-8], "--teacher-block", "7",
+                     *common[-6:]])  # fmt: skip
