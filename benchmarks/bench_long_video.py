@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_md import write_section  # benchmarks/results_md.py
 
 from vidgen import (
     DEFAULT_MODEL,
@@ -38,7 +39,6 @@ from vidgen.data import shapes
 from vidgen.eval import evaluation_set, score_windows
 
 METRICS = ("count", "color", "shape", "size_stability", "speed", "background")
-MARK_BEGIN, MARK_END = "<!-- bench_long_video: begin -->", "<!-- bench_long_video: end -->"
 
 
 def to_uint8(video: np.ndarray) -> np.ndarray:
@@ -146,20 +146,6 @@ def plot(all_results: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def write_results(path: Path, text: str) -> None:
-    """Replace this benchmark's section of the Markdown file (or append it)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-    if MARK_BEGIN in old:
-        head, rest = old.split(MARK_BEGIN, 1)
-        new = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        new = old.rstrip() + "\n\n" + section + "\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="the bidirectional teacher's pipeline folder")
@@ -222,7 +208,7 @@ def main():
                 *[window_table(r, n) for n, r in all_results.items()],
             ]
         )
-        write_results(results_path, text)
+        write_section(results_path, "bench_long_video", text)
         print(f"wrote {results_path} and {png}")
 
 

@@ -152,7 +152,32 @@ def test_attention_kind_flags(model_dir, tmp_path):
         (["--sparsity", 0.5], "--sparsity applies to --attention draft only"),
         (["--attention", "draft", "--sparsity", 1.5], "--sparsity must be in [0, 1)"),
         (["--freeswim"], "--freeswim is for sizes above the model's 32x32"),
-        (["--strength", 0.5], "apply to --freeswim only"),
+        (["--strength", 0.5], "--strength applies to --freeswim or --hierarchical only"),
     ]:
         result = vidgen("t2v", *common, *flags, "--output", tmp_path / "x.mp4")
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_hierarchical_generates_above_the_model_size_with_the_adapter_subfolder(model_dir, tmp_path):
+    import shutil
+
+    from vidgen import HIERARCHICAL_SUBFOLDER, HierarchicalAdapter
+
+    common = ["t2v", "--prompt", "a red circle moves right", "--steps", 2, "--frames", 5, "--hierarchical"]
+    result = vidgen(*common, "--model", model_dir, "--output", tmp_path / "x.mp4")
+    assert result.returncode == 2 and f"has no {HIERARCHICAL_SUBFOLDER}/ for --hierarchical" in result.stderr
+    folder = tmp_path / "with_adapter"
+    shutil.copytree(model_dir, folder)
+    HierarchicalAdapter(dim=16, blocks=(1,)).save_pretrained(folder / HIERARCHICAL_SUBFOLDER)
+    out = tmp_path / "high.mp4"
+    result = vidgen(*common, "--model", folder, "--high-res-steps", 2, "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert len(load_video(out)) == 5 and load_video(out)[0].size == (64, 64)  # twice the model's 32x32
+    for flags, message in [
+        (["--height", 32, "--width", 32], "--hierarchical is for sizes above the model's 32x32"),
+        (["--freeswim"], "--hierarchical does not combine with"),
+    ]:
+        result = vidgen(*common, "--model", folder, *flags, "--output", tmp_path / "y.mp4")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = vidgen("t2v", "--model", folder, "--prompt", "a", "--high-res-steps", 2, "--output", tmp_path / "z.mp4")
+    assert result.returncode == 2 and "--high-res-steps applies with --hierarchical only" in result.stderr

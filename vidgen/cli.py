@@ -117,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-cache-frames", type=_positive_int, default=None,
         help="with --autoregressive: latent frames the rolling cache keeps (default: the training horizon)",
     )  # fmt: skip
+    t2v.add_argument(
+        "--hierarchical", action="store_true",
+        help="two stages: the model's size first, then --height x --width guided by its DiT features "
+        "(needs a hierarchical_adapter/ in the model folder)",
+    )  # fmt: skip
+    t2v.add_argument(
+        "--high-res-steps", type=_positive_int, default=None,
+        help="with --hierarchical: stage-two denoising steps (default 10)",
+    )  # fmt: skip
     i2v = commands.add_parser("i2v", help="image-to-video (the image is the first frame)")
     _add_generation_flags(i2v)
     i2v.add_argument("--image", required=True, help="first frame (png/jpg); sets the size unless given")
@@ -177,11 +186,24 @@ def _load_pipeline(cls, model: str | None, dtype, device):
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
     if not os.path.isdir(model) and not looks_like_hub_id:
         raise CLIError(f"--model {model}: no such folder")
-    from .models import VidGenTransformer3DModel, VidGenVideoAutoencoder
-    from .pipelines import CAUSAL_SUBFOLDER, STREAMING_VAE_SUBFOLDER, VidGenAutoregressivePipeline
+    from .models import HierarchicalAdapter, VidGenTransformer3DModel, VidGenVideoAutoencoder
+    from .pipelines import (
+        CAUSAL_SUBFOLDER,
+        HIERARCHICAL_SUBFOLDER,
+        STREAMING_VAE_SUBFOLDER,
+        VidGenAutoregressivePipeline,
+        VidGenHierarchicalPipeline,
+    )
 
+    if cls is VidGenHierarchicalPipeline and not os.path.isdir(os.path.join(model, HIERARCHICAL_SUBFOLDER)):
+        raise CLIError(
+            f"--model {model} has no {HIERARCHICAL_SUBFOLDER}/ for --hierarchical; train one with "
+            "scripts/train_hierarchical.py"
+        )
     try:
         components = {}
+        if cls is VidGenHierarchicalPipeline:
+            components["adapter"] = HierarchicalAdapter.from_pretrained(model, subfolder=HIERARCHICAL_SUBFOLDER)
         if cls is VidGenAutoregressivePipeline:
             # a pipeline folder may carry a causal student and a fast streaming decoder next to its own
             for name, folder, model_cls in (
@@ -218,6 +240,11 @@ def _sampling_defaults(args) -> None:
         raise CLIError("--kv-cache-frames applies with --autoregressive only")
     if autoregressive and (args.freeswim or args.attention == "draft"):
         raise CLIError("--autoregressive does not combine with --freeswim or --attention draft")
+    hierarchical = getattr(args, "hierarchical", False)
+    if getattr(args, "high_res_steps", None) is not None and not hierarchical:
+        raise CLIError("--high-res-steps applies with --hierarchical only")
+    if hierarchical and (autoregressive or args.freeswim or args.attention == "draft"):
+        raise CLIError("--hierarchical does not combine with --autoregressive, --freeswim or --attention draft")
 
 
 def _set_attention(pipe, backend: str) -> None:
@@ -234,8 +261,12 @@ def _set_attention_kind(pipe, args) -> None:
         raise CLIError("--attention draft and --freeswim cannot be combined; choose one")
     if args.sparsity is not None and args.attention != "draft":
         raise CLIError("--sparsity applies to --attention draft only")
-    if (args.strength is not None or args.freeswim_recipe is not None) and not args.freeswim:
-        raise CLIError("--strength and --freeswim-recipe apply to --freeswim only")
+    if args.freeswim_recipe is not None and not args.freeswim:
+        raise CLIError("--freeswim-recipe applies to --freeswim only")
+    if args.strength is not None and not (args.freeswim or getattr(args, "hierarchical", False)):
+        raise CLIError("--strength applies to --freeswim or --hierarchical only")
+    if args.strength is not None and not 0 < args.strength <= 1:
+        raise CLIError(f"--strength must be in (0, 1]; got {args.strength}")
     if args.attention == "draft":
         sparsity = 0.9 if args.sparsity is None else args.sparsity
         if not 0 <= sparsity < 1:
@@ -247,8 +278,6 @@ def _set_attention_kind(pipe, args) -> None:
             raise CLIError(
                 f"--freeswim is for sizes above the model's {h}x{w}: pass a larger --height or --width"
             )
-        if args.strength is not None and not 0 < args.strength <= 1:
-            raise CLIError(f"--strength must be in (0, 1]; got {args.strength}")
         if args.strength is not None and args.command != "t2v":
             raise CLIError("--strength applies to t2v (the upscale recipe) only")
         pipe.enable_freeswim()
@@ -288,6 +317,27 @@ def _read_prompts(args) -> list[str]:
     return prompts
 
 
+def _t2v_pipeline(args) -> tuple[type, dict]:
+    """The text-to-video pipeline class the flags ask for, and its extra call arguments."""
+    from . import VidGenAutoregressivePipeline, VidGenHierarchicalPipeline, VidGenPipeline
+
+    if args.autoregressive:
+        return VidGenAutoregressivePipeline, {"kv_cache_frames": args.kv_cache_frames}
+    if args.hierarchical:
+        strength = 1.0 if args.strength is None else args.strength
+        steps = 10 if args.high_res_steps is None else args.high_res_steps
+        return VidGenHierarchicalPipeline, {"high_res_inference_steps": steps, "strength": strength}
+    return VidGenPipeline, {}
+
+
+def _hierarchical_size(args, pipe) -> None:
+    """--hierarchical generates above the model's size: twice it on each side unless given."""
+    _, h, w = pipe.default_video_size
+    args.height, args.width = args.height or 2 * h, args.width or 2 * w
+    if args.height <= h and args.width <= w:
+        raise CLIError(f"--hierarchical is for sizes above the model's {h}x{w}: pass a larger --height or --width")
+
+
 def prompt_video_name(index: int, prompt: str) -> str:
     """``0007_a-red-circle-moves-right.mp4``: fixed by the prompt's line, whatever the process count."""
     slug = "".join(c if c.isalnum() else "-" for c in prompt.lower())
@@ -299,7 +349,7 @@ def run_prompts(args, state) -> int:
     """One video per prompt, each written by exactly one process; prompt ``i`` uses seed ``seed + i``."""
     import torch
 
-    from . import VidGenAutoregressivePipeline, VidGenPipeline, export_to_video
+    from . import export_to_video
 
     prompts = _read_prompts(args)
     out = Path(args.output_dir)
@@ -312,13 +362,14 @@ def run_prompts(args, state) -> int:
         )
     state.wait_for_everyone()  # every process has checked before any writes
     device = args.device or state.device
-    cls = VidGenAutoregressivePipeline if args.autoregressive else VidGenPipeline
+    cls, extra = _t2v_pipeline(args)
     pipe = _load_pipeline(cls, args.model, args.dtype, device)
+    if args.hierarchical:
+        _hierarchical_size(args, pipe)
     _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)
     _set_attention_kind(pipe, args)
     _load_lora(pipe, args)
     fps = args.fps or pipe.default_frame_rate
-    extra = {"kv_cache_frames": args.kv_cache_frames} if args.autoregressive else {}
     out.mkdir(parents=True, exist_ok=True)
     with state.split_between_processes(list(range(len(prompts)))) as mine:
         for i in mine:
@@ -370,10 +421,8 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from . import (
-        VidGenAutoregressivePipeline,
         VidGenImageToVideoPipeline,
         VidGenMaskedVideoPipeline,
-        VidGenPipeline,
         export_to_video,
         load_image,
         load_video,
@@ -403,17 +452,15 @@ def run(args: argparse.Namespace) -> int:
         extra.update(video=_read_video(load_video, args.video), task="predict", given_frames=args.given)
     if args.command == "interpolate":
         extra.update(video=_read_video(load_video, args.video), task="interpolate", every=args.every)
-    if args.command == "t2v" and args.autoregressive:
-        extra.update(kv_cache_frames=args.kv_cache_frames)
+    if args.command == "t2v":
+        cls, t2v_extra = _t2v_pipeline(args)
+        extra.update(t2v_extra)
+    else:
+        cls = VidGenImageToVideoPipeline if args.command == "i2v" else VidGenMaskedVideoPipeline
     if state.is_main_process:
-        cls = {
-            "i2v": VidGenImageToVideoPipeline,
-            "predict": VidGenMaskedVideoPipeline,
-            "interpolate": VidGenMaskedVideoPipeline,
-        }
-        if args.command == "t2v" and args.autoregressive:
-            cls["t2v"] = VidGenAutoregressivePipeline
-        pipe = _load_pipeline(cls.get(args.command, VidGenPipeline), args.model, args.dtype, device)
+        pipe = _load_pipeline(cls, args.model, args.dtype, device)
+        if args.command == "t2v" and args.hierarchical:
+            _hierarchical_size(args, pipe)
         _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)
         _set_attention_kind(pipe, args)
         _load_lora(pipe, args)
