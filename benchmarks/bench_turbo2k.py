@@ -32,6 +32,8 @@ from vidgen.data import shapes
 from vidgen.eval import evaluate, evaluation_set, read_video, summarize
 from vidgen.pipelines import generate_high_resolution
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def named_folders(specs: list[str]) -> dict[str, str]:
     out = {}
@@ -47,13 +49,13 @@ def distill(args) -> str:
     models = named_folders(args.model)
     lines = [
         f"text-to-video, {args.num} held-out captions, {args.steps} steps, guidance 3, "
-        f"{torch.get_num_threads()} CPU threads\n",
+        f"{DEVICE}, {torch.get_num_threads()} CPU threads\n",
         "| model | latent tokens | DiT params (M) | color | shape | direction | count | s / video | speed-up |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     reference = None
     for name, folder in models.items():
-        pipe = VidGenPipeline.from_pretrained(folder)
+        pipe = VidGenPipeline.from_pretrained(folder).to(DEVICE)
         pipe.set_progress_bar_config(disable=True)
         call = dict(num_inference_steps=args.steps, output_type="np", frame_rate=shapes.FPS)
         pipe("a red circle moves right", **call | {"num_inference_steps": 2})  # warm-up
@@ -116,9 +118,9 @@ def to_native(video: torch.Tensor) -> np.ndarray:
 
 def hierarchical(args) -> str:
     (folder,) = args.model
-    pipe = VidGenPipeline.from_pretrained(folder)
-    adapter = HierarchicalAdapter.from_pretrained(folder, subfolder=HIERARCHICAL_SUBFOLDER)
-    hier = VidGenHierarchicalPipeline.from_pipe(pipe, adapter=adapter)
+    pipe = VidGenPipeline.from_pretrained(folder).to(DEVICE)
+    adapter = HierarchicalAdapter.from_pretrained(folder, subfolder=HIERARCHICAL_SUBFOLDER).to(DEVICE)
+    hier = VidGenHierarchicalPipeline.from_pipe(pipe, hierarchical_adapter=adapter)
     for p in (pipe, hier):
         p.set_progress_bar_config(disable=True)
     clips = evaluation_set(args.num)
@@ -140,7 +142,7 @@ def hierarchical(args) -> str:
         )  # fmt: skip
     lines = [
         f"default model (trained at 64x64), 17 frames, guidance 3, {len(clips)} held-out captions, "
-        f"{torch.get_num_threads()} CPU threads\n",
+        f"{DEVICE}, {torch.get_num_threads()} CPU threads\n",
         "| size | method | count | color | shape | direction | s / video | peak memory (MB) |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -129,6 +129,11 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
             w if width is None else width,
         )
 
+    def token_grid(self, latent_grid: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The transformer's token grid over a latent grid (its packing ``patch_size_t x patch_size^2``)."""
+        p_t, p = self.patch_size
+        return latent_grid[0] // p_t, latent_grid[1] // p, latent_grid[2] // p
+
     def latent_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Latent ``(F, H, W)`` of a pixel video (the VAE encodes the first frame alone)."""
         return (

@@ -15,6 +15,8 @@ re-encode between the stages.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler
@@ -35,8 +37,11 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
     Example::
 
         adapter = HierarchicalAdapter.from_pretrained(vidgen.DEFAULT_MODEL, subfolder=HIERARCHICAL_SUBFOLDER)
-        pipe = VidGenHierarchicalPipeline.from_pretrained(vidgen.DEFAULT_MODEL, adapter=adapter)
+        pipe = VidGenHierarchicalPipeline.from_pretrained(vidgen.DEFAULT_MODEL, hierarchical_adapter=adapter)
         video = pipe("a red circle moves right", height=256, width=256).frames[0]
+
+    ``save_pretrained`` writes the adapter to ``hierarchical_adapter/`` (``HIERARCHICAL_SUBFOLDER``), so a
+    saved folder loads back with no argument.
     """
 
     def __init__(
@@ -46,10 +51,10 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
         tokenizer: PreTrainedTokenizerBase,
         transformer: VidGenTransformer3DModel,
         scheduler: FlowMatchEulerDiscreteScheduler,
-        adapter: HierarchicalAdapter,
+        hierarchical_adapter: HierarchicalAdapter,
     ):
         super().__init__(vae, text_encoder, tokenizer, transformer, scheduler)
-        self.register_modules(adapter=adapter)
+        self.register_modules(hierarchical_adapter=hierarchical_adapter)
 
     def denoise(
         self, latents, sigmas, prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale,
@@ -69,20 +74,20 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
         return latents
 
     def stage_sigmas(self, steps: int, num_tokens: int, strength: float, device) -> torch.Tensor:
-        """The scheduler's shifted levels for ``num_tokens``, from ``strength`` (1: pure noise) down to 0."""
+        """The scheduler's levels shifted for ``num_tokens``, ending at 0: all ``steps + 1`` of them, or
+        with ``strength < 1`` the last ``ceil(strength * steps) + 1`` (diffusers' image-to-image convention,
+        as :class:`VidGenVideoToVideoPipeline` uses it)."""
         self.scheduler.set_timesteps(steps, device=device, num_tokens=num_tokens)
         sigmas = self.scheduler.sigmas.to(device=device, dtype=torch.float32)  # (steps + 1,), ends at 0
-        if strength < 1:
-            sigmas = torch.cat([sigmas[:-1] * strength, sigmas[-1:]])
-        return sigmas
+        return sigmas[steps - math.ceil(strength * steps) :]
 
     @torch.no_grad()
     def __call__(
         self,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
-        height: int = 256,
-        width: int = 256,
+        height: int | None = None,
+        width: int | None = None,
         num_frames: int | None = None,
         low_res_height: int | None = None,
         low_res_width: int | None = None,
@@ -107,17 +112,20 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
         r"""Generate a high-resolution video through a low-resolution one.
 
         Args:
-            height, width: the output size (multiples of the low-resolution size's token grid ratio).
+            height, width: the output size (default: twice the low resolution on each side); its token grid
+                must be an integer multiple of the low resolution's.
             low_res_height, low_res_width: stage one's size (default: the model's training size); the
                 high-resolution token grid must be an integer multiple of its token grid.
             num_inference_steps: stage-one Euler steps.
             high_res_inference_steps: stage-two Euler steps.
-            strength: stage two starts from pure noise (1) or from the stage-one latents upsampled in
-                latent space and noised to this level (in (0, 1)).
+            strength: in (0, 1]; 1: stage two starts from pure noise; below 1 it starts from the stage-one
+                latents upsampled in latent space, noised to the level of the first of its last
+                ``ceil(strength * high_res_inference_steps)`` steps, which are the ones that run.
             Others as in :class:`VidGenPipeline`.
         """
-        # 1. Check inputs; stage one's size defaults to the model's.
+        # 1. Check inputs; stage one's size defaults to the model's, stage two's to twice that.
         num_frames, low_h, low_w = self.resolve_video_size(num_frames, low_res_height, low_res_width)
+        height, width = height or 2 * low_h, width or 2 * low_w
         frame_rate = self.default_frame_rate if frame_rate is None else frame_rate
         batch_size = self.check_inputs(
             prompt, negative_prompt, height, width, num_frames, frame_rate, high_res_inference_steps,
@@ -129,17 +137,25 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
             0.0, prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask,
             None, generator, num_videos_per_prompt, output_type, [],
         )  # fmt: skip
-        low_grid = self.latent_grid(num_frames, low_h, low_w)  # (F, h, w)
-        high_grid = self.latent_grid(num_frames, height, width)  # (F, H, W)
-        if high_grid[1] % low_grid[1] or high_grid[2] % low_grid[2]:
-            raise ValueError(
-                f"height x width {height}x{width} must be an integer multiple of the low resolution "
-                f"{low_h}x{low_w} (token grids {high_grid[1:]} and {low_grid[1:]})"
-            )
         if not isinstance(self.transformer, VidGenTransformer3DModel):
             raise ValueError(
                 f"VidGenHierarchicalPipeline needs a VidGenTransformer3DModel (block features and residuals); "
                 f"got {type(self.transformer).__name__}"
+            )
+        dit, adapter = self.transformer.config, self.hierarchical_adapter.config
+        dim = dit.num_attention_heads * dit.attention_head_dim
+        if adapter.dim != dim or max(adapter.blocks) >= dit.num_layers:
+            raise ValueError(
+                f"hierarchical_adapter (dim {adapter.dim}, blocks {adapter.blocks}) does not fit the transformer "
+                f"(width {dim}, {dit.num_layers} blocks)"
+            )
+        low_grid = self.latent_grid(num_frames, low_h, low_w)  # (F, h, w) latent
+        high_grid = self.latent_grid(num_frames, height, width)  # (F, H, W) latent
+        low_tokens, high_tokens = self.token_grid(low_grid), self.token_grid(high_grid)
+        if high_tokens[1] % low_tokens[1] or high_tokens[2] % low_tokens[2]:
+            raise ValueError(
+                f"height x width {height}x{width} must be an integer multiple of the low resolution "
+                f"{low_h}x{low_w} (token grids {high_tokens[1:]} and {low_tokens[1:]})"
             )
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1]; got {strength}")
@@ -161,13 +177,15 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
         )
 
         # 4. Multi-level features of the clean low-resolution latents -> residuals on the high-resolution grid.
-        rows = torch.cat([low, low]) if do_cfg else low
+        rows = torch.cat([low, low]) if do_cfg else low  # the same [negative; positive] rows as the steps
+        dtype = self.transformer.dtype
         hidden = self.transformer(
-            hidden_states=rows.to(self.transformer.dtype), encoder_hidden_states=prompt_embeds,
+            hidden_states=rows.to(dtype), encoder_hidden_states=prompt_embeds.to(dtype),
             timestep=torch.zeros(len(rows), device=device), encoder_attention_mask=prompt_mask,
             num_frames=low_grid[0], height=low_grid[1], width=low_grid[2], output_hidden_states=True,
+            attention_kwargs=attention_kwargs,
         ).hidden_states  # fmt: skip
-        residuals = self.adapter(hidden, low_grid, high_grid)  # {block: (B', N, D)}
+        residuals = self.hierarchical_adapter(hidden, low_tokens, high_tokens)  # {block: (B', N, D)}
 
         # 5. Stage two: high resolution, guided by the residuals at every step.
         latents = self.pack_latents(self.prepare_noise(total, high_grid, generator, device))  # (B, N, C)

@@ -36,12 +36,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_cosine_schedule_with_warmup
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vidgen import DEFAULT_MODEL, VidGenPipeline, VidGenTransformer3DModel, VidGenVideoAutoencoder
 from vidgen.data import shapes
 from vidgen.masks import sample_default_training_mask
 from vidgen.models.turbo2k import FeatureProjector, alignment_loss, pool_tokens
+from vidgen.training.cache import module_fingerprint
 from vidgen.training.checkpoint import (
     append_csv,
     load_latest_checkpoint,
@@ -86,10 +88,22 @@ def normalized_latents(vae, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def build_cache(folder: Path, clips: int, teacher_vae, student_vae, tokenizer) -> dict:
+    """Shards of ``SHARD`` clips, each tagged with the two VAEs' fingerprints and the clip count: a folder
+    built for other VAEs or another ``--clips`` is refused rather than silently mixed in."""
     folder.mkdir(parents=True, exist_ok=True)
+    key = {
+        "clips": str(clips),
+        "teacher_vae": module_fingerprint(teacher_vae),
+        "student_vae": module_fingerprint(student_vae),
+    }
     for start in range(0, clips, SHARD):
         path = folder / f"shard_{start:07d}.safetensors"
         if path.exists():
+            with safe_open(path, "pt") as f:
+                if f.metadata() != key:
+                    raise ValueError(
+                        f"the cache {folder} was built for other VAEs or another --clips; use another --cache"
+                    )
             continue
         x, captions, masks = shapes.render_training_batch(np.arange(start, min(start + SHARD, clips)))
         tokens = tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids
@@ -102,7 +116,7 @@ def build_cache(folder: Path, clips: int, teacher_vae, student_vae, tokenizer) -
             ),  # (b, F, H/2, W/2) on the student's grid
         }
         tmp = path.with_suffix(".tmp")
-        save_file(shard, tmp)
+        save_file(shard, tmp, metadata=key)
         tmp.rename(path)
         print(f"cache {start + len(x)}/{clips}", flush=True)
     shards = [load_file(folder / f"shard_{s:07d}.safetensors") for s in range(0, clips, SHARD)]
@@ -130,7 +144,7 @@ def distillation_loss(args, batch, student, projector, teacher, text_encoder, si
 
     # Same task, same noise level for both: the mask on the student's grid, upsampled to the teacher's.
     mask_s = torch.stack([sample_default_training_mask(grid_s, g) for _ in range(B)]).to(device)
-    up = [t // s for t, s in zip(grid_t, grid_s)]
+    up = [t // s for t, s in zip(grid_t, grid_s)]  # whole factors (checked in main)
     mask_t = mask_s.repeat_interleave(up[0], 1).repeat_interleave(up[1], 2).repeat_interleave(up[2], 3)
     u = torch.rand(B, generator=g).clamp(1e-4, 1 - 1e-4)
     sigma = (math.exp(sigma_shift) / (math.exp(sigma_shift) + (1 / u - 1))).to(device)  # (B,)
@@ -170,9 +184,15 @@ def main(argv=None):
     # 1. Teacher, the compressed VAE, and the cache of both latents.
     teacher_pipe = VidGenPipeline.from_pretrained(args.teacher)
     student_vae = VidGenVideoAutoencoder.from_pretrained(args.student_vae).eval()
-    cache = build_cache(
-        Path(args.cache or run / "cache"), args.clips, teacher_pipe.vae, student_vae, teacher_pipe.tokenizer
-    )
+    with accelerator.main_process_first():  # one process writes the cache, the others read it
+        folder = Path(args.cache or run / "cache")
+        cache = build_cache(folder, args.clips, teacher_pipe.vae, student_vae, teacher_pipe.tokenizer)
+    grid_t, grid_s = tuple(cache["teacher"].shape[2:]), tuple(cache["student"].shape[2:])
+    if grid_t[0] != grid_s[0] or grid_t[1] % grid_s[1] or grid_t[2] % grid_s[2]:
+        raise ValueError(
+            f"the student's latent grid {grid_s} must have the teacher's frames and divide its grid {grid_t} "
+            "(the teacher's features are pooled onto it)"
+        )
     teacher = teacher_pipe.transformer.to(device).eval().requires_grad_(False)
     depth = len(teacher.transformer_blocks)
     if not 0 <= args.teacher_block < depth:
@@ -183,7 +203,6 @@ def main(argv=None):
 
     # 2. Student DiT on the compressed grid, and the projector into the teacher's feature space.
     torch.manual_seed(args.seed)
-    grid_s = tuple(cache["student"].shape[2:])
     student = VidGenTransformer3DModel(
         in_channels=student_vae.config.latent_channels,
         num_layers=args.student_layers,
@@ -196,20 +215,23 @@ def main(argv=None):
     ).to(device)
     if not 0 <= args.student_block < args.student_layers:
         raise ValueError(f"--student-block must be in [0, {args.student_layers}); got {args.student_block}")
-    projector = FeatureProjector(
-        student.config.num_attention_heads * student.config.attention_head_dim,
-        teacher.config.num_attention_heads * teacher.config.attention_head_dim,
-        num_layers=args.projector_layers,
-    ).to(device)
-    params = list(student.parameters()) + list(projector.parameters())
+    modules = {"student": student}
+    if args.align_weight > 0:  # no projector without alignment: the baseline is the student alone
+        modules["projector"] = FeatureProjector(
+            student.config.num_attention_heads * student.config.attention_head_dim,
+            teacher.config.num_attention_heads * teacher.config.attention_head_dim,
+            num_layers=args.projector_layers,
+        ).to(device)
+    params = [p for module in modules.values() for p in module.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     lr_schedule = get_cosine_schedule_with_warmup(opt, 100, args.steps)
     optimizers = {"optimizer": opt, "lr_schedule": lr_schedule}
     start, tensors, state = load_latest_checkpoint(run / "checkpoints", optimizers, vars(args))
     if tensors is not None:
-        student.load_state_dict(unprefixed("student", tensors))
-        projector.load_state_dict(unprefixed("projector", tensors))
-    student, projector, opt = accelerator.prepare(student, projector, opt)
+        for name, module in modules.items():
+            module.load_state_dict(unprefixed(name, tensors))
+    *prepared, opt = accelerator.prepare(*modules.values(), opt)
+    modules = dict(zip(modules, prepared))  # called through their wrappers: gradients sync across processes
     # Training noise levels shifted like the student's sampling (its token count).
     sigma_shift = teacher_pipe.scheduler.shift_for_tokens(int(np.prod(grid_s)))
 
@@ -221,29 +243,29 @@ def main(argv=None):
         idx = torch.randint(0, n, (args.batch,), generator=g)
         batch = {k: v[idx].to(device) for k, v in cache.items()}
         loss, diffusion, align = distillation_loss(
-            args, batch, accelerator.unwrap_model(student), accelerator.unwrap_model(projector),
-            teacher, text_encoder, sigma_shift, g,
-        )  # fmt: skip
+            args, batch, modules["student"], modules.get("projector"), teacher, text_encoder, sigma_shift, g
+        )
         opt.zero_grad()
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()
         lr_schedule.step()
-        if step % 25 == 0 or step == args.steps - 1:
+        if (step % 25 == 0 or step == args.steps - 1) and accelerator.is_main_process:
             row = {"loss": loss.item(), "diffusion": diffusion.item(), "align": align.item()}
             append_csv(run / "distill_log.csv", {"step": step} | row | {"seconds": time.time() - tic})
             text = " ".join(f"{k} {v:.4f}" for k, v in row.items())
             print(f"step {step} {text} ({time.time() - tic:.0f}s)", flush=True)
         if (step + 1) % args.checkpoint_every == 0 and accelerator.is_main_process:
-            tensors = prefixed("student", accelerator.unwrap_model(student))
-            tensors |= prefixed("projector", accelerator.unwrap_model(projector))
+            tensors = {}
+            for name, module in modules.items():
+                tensors |= prefixed(name, accelerator.unwrap_model(module))
             save_checkpoint(run / "checkpoints", step + 1, tensors, optimizers, {"args": vars(args)})
 
     # 4. The student's pipeline folder.
     if accelerator.is_main_process:
         pipe = VidGenPipeline(
             vae=student_vae, text_encoder=teacher_pipe.text_encoder, tokenizer=teacher_pipe.tokenizer,
-            transformer=accelerator.unwrap_model(student).eval(), scheduler=teacher_pipe.scheduler,
+            transformer=accelerator.unwrap_model(modules["student"]).eval(), scheduler=teacher_pipe.scheduler,
         )  # fmt: skip
         save_pipeline(pipe, run / "pipeline")
         print(f"wrote {run / 'pipeline'}")

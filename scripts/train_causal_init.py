@@ -111,7 +111,7 @@ def make_pairs(args, run: Path, pipe, sigmas, grid, device) -> dict:
 def regression_loss(student, pairs, pipe, sigmas, g, batch, device) -> torch.Tensor:
     """One teacher-forced ODE regression batch: clean frames before chunk ``[k, e)``, the chunk at level ``i``."""
     n, S, F = len(pairs["clean"]), len(sigmas), pairs["clean"].shape[2]
-    bounds = student.chunk_starts(F)
+    bounds = getattr(student, "module", student).chunk_starts(F)  # the model inside a DDP wrapper
     idx = torch.randint(0, n, (batch,), generator=g)
     c = int(torch.randint(0, len(bounds) - 1, (1,), generator=g))
     k, e = bounds[c], bounds[c + 1]  # the chunk's frames
@@ -156,7 +156,7 @@ def main(argv=None):
         g = torch.Generator().manual_seed(args.seed * 7_000_003 + step * 1009 + accelerator.process_index)
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 50)
-        loss = regression_loss(accelerator.unwrap_model(student), pairs, pipe, sigmas, g, args.batch, device)
+        loss = regression_loss(student, pairs, pipe, sigmas, g, args.batch, device)  # through DDP: synced
         opt.zero_grad()
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(student.parameters(), 1.0)

@@ -42,6 +42,7 @@ from vidgen.masks import sample_default_training_mask
 from vidgen.models.autoencoder import AUTOENCODER_PRESETS, VidGenVideoAutoencoder
 from vidgen.schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
 from vidgen.training.checkpoint import save_pipeline
+from vidgen.training.distributed import average_gradients
 
 DIT_CONFIG = dict(
     in_channels=16, num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64,
@@ -172,6 +173,7 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
         loss = (weight * (y - x) ** 2).mean() + 1e-4 * z.pow(2).mean()
         opt.zero_grad()
         accelerator.backward(loss)
+        average_gradients(accelerator, model.parameters())  # trained through encode/decode, outside DDP
         opt.step()
         if step % 25 == 0 or step == args.vae_steps - 1:
             psnr = 10 * math.log10(4 / F.mse_loss(y.clamp(-1, 1), x).item())  # range 2 -> peak^2 = 4

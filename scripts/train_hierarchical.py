@@ -28,11 +28,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_cosine_schedule_with_warmup
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vidgen import DEFAULT_MODEL, HIERARCHICAL_SUBFOLDER, VidGenPipeline
 from vidgen.data import shapes
 from vidgen.models.turbo2k import HierarchicalAdapter
+from vidgen.training.cache import module_fingerprint
 from vidgen.training.checkpoint import (
     append_csv,
     load_latest_checkpoint,
@@ -69,9 +71,15 @@ def build_cache(folder: Path, size: int, clips: int, pipe) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     low = pipe.default_video_size[1]
     t, s = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
+    key = {"clips": str(clips), "size": str(size), "vae": module_fingerprint(pipe.vae)}
     for start in range(0, clips, SHARD):
         path = folder / f"shard_{start:07d}.safetensors"
         if path.exists():
+            with safe_open(path, "pt") as f:
+                if f.metadata() != key:
+                    raise ValueError(
+                        f"the cache {folder} was built for another VAE or --clips; use another --out"
+                    )
             continue
         seeds = np.arange(start, min(start + SHARD, clips)) + 30_000_000  # not the DiT's training seeds
         x_low, captions, _ = shapes.render_training_batch(seeds, size=low)
@@ -85,7 +93,7 @@ def build_cache(folder: Path, size: int, clips: int, pipe) -> dict:
             "objects": shapes.object_tokens(masks, t, s),  # (b, F, H, W) on the high-resolution grid
         }
         tmp = path.with_suffix(".tmp")
-        save_file(shard, tmp)
+        save_file(shard, tmp, metadata=key)
         tmp.rename(path)
         print(f"cache {size}: {start + len(seeds)}/{clips}", flush=True)
     shards = [load_file(folder / f"shard_{s:07d}.safetensors") for s in range(0, clips, SHARD)]
@@ -129,7 +137,11 @@ def main(argv=None):
     for module in (pipe.vae, pipe.text_encoder, pipe.transformer):
         module.eval().requires_grad_(False)
     sizes = [int(s) for s in args.sizes.split(",")]
-    caches = [build_cache(run / f"cache_{size}", size, args.clips, pipe) for size in sizes]
+    low = pipe.default_video_size[1]
+    if any(size % low or size <= low for size in sizes):
+        raise ValueError(f"--sizes must be multiples of the model's size {low} above it; got {sizes}")
+    with accelerator.main_process_first():  # one process writes the cache, the others read it
+        caches = [build_cache(run / f"cache_{size}", size, args.clips, pipe) for size in sizes]
     pipe.to(device)
 
     # 2. The adapter.
@@ -154,13 +166,13 @@ def main(argv=None):
         cache = caches[step % len(caches)]
         idx = torch.randint(0, len(cache["high"]), (args.batch,), generator=g)
         batch = {k: v[idx].to(device) for k, v in cache.items()}
-        loss = adapter_loss(args, batch, pipe, accelerator.unwrap_model(adapter), g)
+        loss = adapter_loss(args, batch, pipe, adapter, g)  # through its wrapper: gradients sync
         opt.zero_grad()
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(adapter.parameters(), 1.0)
         opt.step()
         lr_schedule.step()
-        if step % 5 == 0 or step == args.steps - 1:
+        if (step % 5 == 0 or step == args.steps - 1) and accelerator.is_main_process:
             size = sizes[step % len(sizes)]
             append_csv(
                 run / "log.csv",

@@ -31,6 +31,7 @@ from vidgen.training.checkpoint import (
     save_checkpoint,
     save_model,
 )
+from vidgen.training.distributed import average_gradients
 
 
 def parse_args(argv=None):
@@ -102,6 +103,7 @@ def main(argv=None):
         loss = (weight * (y - x) ** 2).mean()
         opt.zero_grad()
         accelerator.backward(loss)
+        average_gradients(accelerator, decoder)  # trained through decode(), outside DDP's forward
         opt.step()
         if step % 25 == 0 or step == args.steps - 1:
             psnr = 10 * math.log10(4 / F.mse_loss(y.clamp(-1, 1), x).item())  # range 2 -> peak^2 = 4

@@ -1,6 +1,7 @@
 """The `vidgen` command line, run as a user would, on a tiny pipeline folder made here."""
 
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from vidgen import VidGenPipeline, load_video
+from vidgen import HIERARCHICAL_SUBFOLDER, HierarchicalAdapter, VidGenPipeline, load_video
 from vidgen.testing import tiny_components
 
 CLI = [sys.executable, "-m", "vidgen.cli"]
@@ -159,10 +160,6 @@ def test_attention_kind_flags(model_dir, tmp_path):
 
 
 def test_hierarchical_generates_above_the_model_size_with_the_adapter_subfolder(model_dir, tmp_path):
-    import shutil
-
-    from vidgen import HIERARCHICAL_SUBFOLDER, HierarchicalAdapter
-
     common = ["t2v", "--prompt", "a red circle moves right", "--steps", 2, "--frames", 5, "--hierarchical"]
     result = vidgen(*common, "--model", model_dir, "--output", tmp_path / "x.mp4")
     assert result.returncode == 2 and f"has no {HIERARCHICAL_SUBFOLDER}/ for --hierarchical" in result.stderr

@@ -81,7 +81,7 @@ def pipe():
 
 
 def hierarchical(pipe, adapter):
-    out = VidGenHierarchicalPipeline.from_pipe(pipe, adapter=adapter)
+    out = VidGenHierarchicalPipeline.from_pipe(pipe, hierarchical_adapter=adapter)
     out.set_progress_bar_config(disable=True)
     return out
 
@@ -102,9 +102,39 @@ def test_a_zero_adapter_leaves_stage_two_the_plain_dit_and_a_trained_one_guides_
     randomize_(adapter, seed=1, std=0.05)
     guided = hier(PROMPT, height=64, width=64, generator=torch.Generator().manual_seed(0), **kw).frames
     assert (guided - direct).abs().max() > 1e-3
-    video = hier(PROMPT, height=64, width=64, strength=0.6, generator=torch.Generator().manual_seed(0),
-                 num_inference_steps=2, high_res_inference_steps=2, output_type="np").frames  # fmt: skip
-    assert video.shape == (1, 9, 64, 64, 3) and np.isfinite(video).all()
+    video = hier(PROMPT, generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                 high_res_inference_steps=2, output_type="np").frames  # fmt: skip
+    assert video.shape == (1, 9, 64, 64, 3) and np.isfinite(video).all()  # default: twice the model's size
+
+
+def test_stage_two_with_strength_starts_from_the_upsampled_stage_one_latents(pipe, monkeypatch):
+    hier = hierarchical(pipe, HierarchicalAdapter(dim=16, blocks=(1,)))
+    full = hier.stage_sigmas(4, 256, 1.0, "cpu")
+    assert len(full) == 5 and full[0] == 1 and full[-1] == 0
+    torch.testing.assert_close(
+        hier.stage_sigmas(4, 256, 0.5, "cpu"), full[2:]
+    )  # the last ceil(0.5 * 4) steps
+    calls = []
+    denoise = VidGenHierarchicalPipeline.denoise
+
+    def spy(self, latents, sigmas, *args, **kwargs):
+        calls.append((latents.clone(), sigmas))
+        out = denoise(self, latents, sigmas, *args, **kwargs)
+        calls[-1] += (out,)
+        return out
+
+    monkeypatch.setattr(VidGenHierarchicalPipeline, "denoise", spy)
+    g = torch.Generator().manual_seed(3)
+    hier(PROMPT, height=64, width=64, num_inference_steps=2, high_res_inference_steps=4, strength=0.5,
+         generator=g, output_type="latent")  # fmt: skip
+    (_, _, low), (start, sigmas, _) = calls
+    g = torch.Generator().manual_seed(3)
+    pipe.prepare_noise(1, (3, 8, 8), g, "cpu")
+    noise = pipe.pack_latents(pipe.prepare_noise(1, (3, 16, 16), g, "cpu"))
+    up = pipe.unpack_latents(low, (3, 8, 8)).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    s = sigmas[0]
+    assert len(sigmas) == 3 and 0 < s < 1
+    torch.testing.assert_close(start, (1 - s) * pipe.pack_latents(up) + s * noise)
 
 
 def test_hierarchical_pipeline_rejects_bad_sizes_and_strength(pipe):
@@ -113,62 +143,121 @@ def test_hierarchical_pipeline_rejects_bad_sizes_and_strength(pipe):
         hier(PROMPT, height=48, width=64, num_inference_steps=1, high_res_inference_steps=1)
     with pytest.raises(ValueError, match="strength must be in"):
         hier(PROMPT, height=64, width=64, strength=0.0)
-    with pytest.raises(ValueError, match="guides blocks"):
+    with pytest.raises(ValueError, match="does not fit the transformer"):
         hierarchical(pipe, HierarchicalAdapter(dim=16, blocks=(5,)))(
             PROMPT, height=64, width=64, num_inference_steps=1, high_res_inference_steps=1
         )
 
 
-def test_adapter_recipe_trains_only_the_adapter_resumes_and_exports(pipe, tmp_path, monkeypatch):
+class Killed(Exception):
+    pass
+
+
+def kill_after_checkpoint(recipe, monkeypatch, at_step: int):
+    """Make the recipe die right after writing its checkpoint of ``at_step`` (as a SIGKILL would)."""
+    save = recipe.save_checkpoint
+
+    def save_then_die(folder, step, *args, **kwargs):
+        save(folder, step, *args, **kwargs)
+        if step == at_step:
+            raise Killed
+
+    monkeypatch.setattr(recipe, "save_checkpoint", save_then_die)
+
+
+def assert_same_weights(a: Path, b: Path):
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+
+
+def test_adapter_recipe_trains_only_the_adapter_and_resumes_exactly(pipe, tmp_path, monkeypatch):
     model_dir = tmp_path / "model"
     pipe.save_pretrained(model_dir)
     monkeypatch.setattr(sys, "argv", ["x"])
     recipe = script("train_hierarchical")
-    common = ["--out", str(tmp_path / "run"), "--model", str(model_dir), "--sizes", "64", "--clips", "32",
-              "--blocks", "0,1", "--batch", "1", "--checkpoint-every", "2"]  # fmt: skip
-    recipe.main([*common, "--steps", "2"])
-    recipe.main([*common, "--steps", "3"])  # resumes at step 2
-    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]
-    assert [r.split(",")[0] for r in rows] == ["0", "1", "2"]  # step 2 ran once, after the resume
-    adapter = HierarchicalAdapter.from_pretrained(tmp_path / "run" / "hierarchical_adapter")
+    loaded = []
+    from_pretrained = VidGenPipeline.from_pretrained
+    monkeypatch.setattr(
+        recipe.VidGenPipeline,
+        "from_pretrained",
+        lambda *a, **k: loaded.append(from_pretrained(*a, **k)) or loaded[-1],
+    )
+    common = ["--model", str(model_dir), "--sizes", "64", "--clips", "32", "--blocks", "0,1", "--batch", "1",
+              "--steps", "4", "--checkpoint-every", "2"]  # fmt: skip
+    recipe.main(["--out", str(tmp_path / "straight"), *common])
+    kill_after_checkpoint(recipe, monkeypatch, at_step=2)
+    with pytest.raises(Killed):
+        recipe.main(["--out", str(tmp_path / "killed"), *common])
+    monkeypatch.setattr(recipe, "save_checkpoint", script("train_hierarchical").save_checkpoint)
+    recipe.main(["--out", str(tmp_path / "killed"), *common])  # resumes at step 2
+    rows = (tmp_path / "killed" / "log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["0", "3"]  # logged every 5 steps and at the last
+    name = "hierarchical_adapter/diffusion_pytorch_model.safetensors"
+    assert_same_weights(tmp_path / "straight" / name, tmp_path / "killed" / name)
+
+    adapter = HierarchicalAdapter.from_pretrained(tmp_path / "straight" / "hierarchical_adapter")
     assert adapter.config.blocks == [0, 1]
     assert any(p.abs().sum() > 0 for p in adapter.projections.parameters())  # it moved from zero
-    reloaded = VidGenTransformer3DModel.from_pretrained(model_dir / "transformer")
-    for name, p in pipe.transformer.state_dict().items():
-        torch.testing.assert_close(reloaded.state_dict()[name], p)  # the DiT is untouched
+    for used in loaded:  # the recipe's own DiT: frozen and unchanged
+        assert not any(p.requires_grad for p in used.transformer.parameters())
+        for name, p in used.transformer.state_dict().items():
+            torch.testing.assert_close(p, pipe.transformer.state_dict()[name])
     with pytest.raises(ValueError, match="other settings \\(blocks\\)"):
-        recipe.main([*common[:-6], "--blocks", "1", *common[-4:], "--steps", "4"])
+        recipe.main(["--out", str(tmp_path / "straight"), *common[:6], "--blocks", "1", *common[8:]])
+    with pytest.raises(ValueError, match="--sizes must be multiples"):
+        recipe.main(["--out", str(tmp_path / "bad"), *common[:2], "--sizes", "48", *common[4:]])
 
 
 def test_distillation_recipe_trains_a_student_in_another_latent_space(pipe, tmp_path, monkeypatch):
     teacher_dir = tmp_path / "teacher"
     pipe.save_pretrained(teacher_dir)
     vae_dir = tmp_path / "vae16"
-    VidGenVideoAutoencoder(latent_channels=8, block_out_channels=(8, 8, 8), patch_size=4).save_pretrained(vae_dir)
+    VidGenVideoAutoencoder(latent_channels=8, block_out_channels=(8, 8, 8), patch_size=4).save_pretrained(
+        vae_dir
+    )
     monkeypatch.setattr(sys, "argv", ["x"])
     recipe = script("distill_turbo2k")
     common = ["--teacher", str(teacher_dir), "--student-vae", str(vae_dir), "--clips", "64",
               "--cache", str(tmp_path / "cache"), "--student-layers", "2", "--student-head-dim", "8",
-              "--teacher-block", "1", "--student-block", "0", "--batch", "2", "--checkpoint-every", "2"]  # fmt: skip
-    recipe.main(["--out", str(tmp_path / "distilled"), "--steps", "2", *common])
-    recipe.main(["--out", str(tmp_path / "distilled"), "--steps", "3", *common])  # resumes
-    recipe.main(["--out", str(tmp_path / "plain"), "--steps", "3", "--align-weight", "0", *common])
+              "--teacher-block", "1", "--student-block", "0", "--batch", "2", "--steps", "4",
+              "--checkpoint-every", "2"]  # fmt: skip
+    recipe.main(["--out", str(tmp_path / "distilled"), *common])
+    kill_after_checkpoint(recipe, monkeypatch, at_step=2)
+    with pytest.raises(Killed):
+        recipe.main(["--out", str(tmp_path / "killed"), *common])
+    monkeypatch.setattr(recipe, "save_checkpoint", script("distill_turbo2k").save_checkpoint)
+    recipe.main(["--out", str(tmp_path / "killed"), *common])  # resumes at step 2
+    name = "pipeline/transformer/diffusion_pytorch_model.safetensors"
+    assert_same_weights(tmp_path / "distilled" / name, tmp_path / "killed" / name)
+    recipe.main(["--out", str(tmp_path / "plain"), "--align-weight", "0", *common])
+
     rows = [r.split(",") for r in (tmp_path / "distilled" / "distill_log.csv").read_text().splitlines()]
     assert rows[0][:4] == ["step", "loss", "diffusion", "align"]
-    assert [r[0] for r in rows[1:]] == ["0", "1", "2"] and all(-1 <= float(r[3]) <= 1 for r in rows[1:])
-    assert all(float(r[3]) == 0 for r in [r.split(",") for r in
-               (tmp_path / "plain" / "distill_log.csv").read_text().splitlines()[1:]])  # fmt: skip
+    assert all(float(r[3]) != 0 for r in rows[1:])
+    plain_rows = [r.split(",") for r in (tmp_path / "plain" / "distill_log.csv").read_text().splitlines()]
+    assert all(float(r[3]) == 0 for r in plain_rows[1:])
+    assert plain_rows[1][2] == rows[1][2]  # same data, noise and initial student: the same first loss
 
     student = VidGenPipeline.from_pretrained(tmp_path / "distilled" / "pipeline")
     student.set_progress_bar_config(disable=True)
     assert tuple(student.transformer.config.sample_size) == (5, 4, 4)  # 16x fewer tokens than (5, 16, 16)
     assert student.vae.spatial_compression_ratio == 16
-    video = student(PROMPT, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+    video = student(
+        PROMPT, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    )
     assert video.frames.shape == (1, 17, 64, 64, 3) and np.isfinite(video.frames).all()
     plain = VidGenTransformer3DModel.from_pretrained(tmp_path / "plain" / "pipeline" / "transformer")
     assert any(
         not torch.equal(p, plain.state_dict()[k]) for k, p in student.transformer.state_dict().items()
     )  # the alignment changed the training
     with pytest.raises(ValueError, match="--teacher-block must be in"):
-        recipe.main(["--out", str(tmp_path / "bad"), "--steps", "1", *common[:-8], "--teacher-block", "7",
-                     *common[-6:]])  # fmt: skip
+        recipe.main(["--out", str(tmp_path / "bad"), *common[:14], "--teacher-block", "7", *common[16:]])
+    VidGenVideoAutoencoder(latent_channels=8, block_out_channels=(8, 8, 8), patch_size=2).save_pretrained(
+        vae_dir
+    )
+    with pytest.raises(ValueError, match="built for other VAEs"):
+        recipe.main(["--out", str(tmp_path / "other"), *common])

@@ -203,7 +203,8 @@ def _load_pipeline(cls, model: str | None, dtype, device):
     try:
         components = {}
         if cls is VidGenHierarchicalPipeline:
-            components["adapter"] = HierarchicalAdapter.from_pretrained(model, subfolder=HIERARCHICAL_SUBFOLDER)
+            adapter = HierarchicalAdapter.from_pretrained(model, subfolder=HIERARCHICAL_SUBFOLDER)
+            components["hierarchical_adapter"] = adapter
         if cls is VidGenAutoregressivePipeline:
             # a pipeline folder may carry a causal student and a fast streaming decoder next to its own
             for name, folder, model_cls in (

@@ -417,6 +417,12 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             raise ValueError(
                 f"block_residuals keys must be block indices in [0, {cfg.num_layers}); got {sorted(block_residuals)}"
             )
+        width = cfg.num_attention_heads * cfg.attention_head_dim
+        for block, r in (block_residuals or {}).items():
+            if tuple(r.shape) != (B, N, width):
+                raise ValueError(
+                    f"block_residuals[{block}] must be (B, N, D) = {(B, N, width)}; got {tuple(r.shape)}"
+                )
 
         # 3. Trunk.
         x = self.proj_in(hidden_states)  # (B, N, D)

@@ -30,6 +30,7 @@ from .checkpoint import (
     save_model,
     unprefixed,
 )
+from .distributed import average_gradients
 
 
 def pack(x: torch.Tensor) -> torch.Tensor:
@@ -288,9 +289,10 @@ class Distillation:
             self.student.load_state_dict(unprefixed("student", tensors))
             self.critic.load_state_dict(unprefixed("critic", tensors))
             self.ema = unprefixed("ema", tensors)
-        self.student, self.critic, self.opt_student, self.opt_critic = accelerator.prepare(
-            self.student, self.critic, self.opt_student, self.opt_critic
-        )
+        # Not wrapped in DDP: a rollout calls the student several times before one backward; update()
+        # averages the gradients over processes instead.
+        self.student, self.critic = self.student.to(accelerator.device), self.critic.to(accelerator.device)
+        self.opt_student, self.opt_critic = accelerator.prepare(self.opt_student, self.opt_critic)
 
     def text(self, captions: list[str]):
         """Conditional and empty-prompt text for a batch of captions."""
@@ -307,6 +309,7 @@ class Distillation:
         )
         opt.zero_grad()
         self.accelerator.backward(loss)
+        average_gradients(self.accelerator, model.parameters())
         self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
