@@ -44,10 +44,8 @@ from vidgen.schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
 from vidgen.training.checkpoint import save_pipeline
 from vidgen.training.distributed import average_gradients
 
-DIT_CONFIG = dict(
-    in_channels=16, num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64,
-    block_layout="full", sample_size=(5, 8, 8),
-)  # fmt: skip
+# The DiT's trunk; its input channels and latent grid come from the VAE.
+DIT_CONFIG = dict(num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64, block_layout="full")
 T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 
 
@@ -234,7 +232,9 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
             T5EncoderModel.from_pretrained(final / "text_encoder"),
         )
     torch.manual_seed(args.seed + 1)
-    dit = VidGenTransformer3DModel(**DIT_CONFIG)
+    latents, tokens, objects = cache["latents"], cache["tokens"], cache["objects"]
+    n, (C, Fl, H, W) = len(latents), latents.shape[1:]
+    dit = VidGenTransformer3DModel(**DIT_CONFIG, in_channels=C, sample_size=(Fl, H, W))  # sized by the VAE
     t5 = T5EncoderModel(
         T5Config(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, dropout_rate=0.0, **T5_CONFIG)
     )
@@ -247,8 +247,6 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         t5.load_state_dict(split_state(tensors, "t5."))
         opt.load_state_dict(opt_state)
     dit, t5, opt = accelerator.prepare(dit, t5, opt)
-    latents, tokens, objects = cache["latents"], cache["tokens"], cache["objects"]
-    n, (C, Fl, H, W) = len(latents), latents.shape[1:]
     empty = tokens[0].clone()
     empty[:] = 0
     empty[0] = 1  # "" -> just </s>
