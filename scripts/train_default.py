@@ -45,7 +45,9 @@ from vidgen.training.checkpoint import save_pipeline
 from vidgen.training.distributed import average_gradients
 
 # The DiT's trunk; its input channels and latent grid come from the VAE.
-DIT_CONFIG = dict(num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64, block_layout="full")
+DIT_CONFIG = dict(
+    num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64, block_layout="full"
+)
 T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
 
 
@@ -69,7 +71,7 @@ def parse_args():
         help="share of VAE clips whose objects take random colors",
     )
     p.add_argument("--vae-preset", choices=sorted(AUTOENCODER_PRESETS), default="shapes")
-    p.add_argument("--vae-channels", default=None, help="VAE block widths, comma-separated (default: the preset's)")
+    p.add_argument("--vae-channels", default=None, help="VAE block widths, comma-separated (default: preset's)")
     p.add_argument("--stop-after", choices=("vae", "cache"), default=None, help="stop after this stage")
     p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
     p.add_argument("--dit-steps", type=int, default=3800)
@@ -259,7 +261,7 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         x0 = latents[idx]  # (B, C, F, H, W)
         ids = tokens[idx].clone()
         ids[torch.rand(len(ids), generator=g) < 0.1] = empty  # caption dropout for CFG
-        mask = torch.stack([sample_default_training_mask((Fl, H, W), g) for _ in idx])  # (B, F, H, W), 1 = generate
+        mask = torch.stack([sample_default_training_mask((Fl, H, W), g) for _ in idx])  # (B, F, H, W)
         u = torch.rand(len(idx), generator=g).clamp(1e-4, 1 - 1e-4)
         sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))  # (B,) shifted like the sampler
         noise = torch.randn(x0.shape, generator=g)
