@@ -71,7 +71,7 @@ def parse_args():
         help="share of VAE clips whose objects take random colors",
     )
     p.add_argument("--vae-preset", choices=sorted(AUTOENCODER_PRESETS), default="shapes")
-    p.add_argument("--vae-channels", default=None, help="VAE block widths, comma-separated (default: preset's)")
+    p.add_argument("--vae-channels", default=None, help="VAE block widths, comma-separated")
     p.add_argument("--stop-after", choices=("vae", "cache"), default=None, help="stop after this stage")
     p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
     p.add_argument("--dit-steps", type=int, default=3800)
