@@ -80,3 +80,26 @@ def test_long_videos_are_scored_window_by_window_and_drift_is_caught():
     assert rows[-1]["count"] == 0 and rows[-1]["color"] == 0 and rows[0]["count"] == 100
     frozen = np.repeat(clip.frames[:1], 81, axis=0)  # a frozen video: the object no longer moves
     assert all(r["speed"] == 0 for r in score_windows(frozen, clip.caption))
+
+
+def test_evaluate_passes_the_guidance_scale_to_every_task(monkeypatch):
+    from vidgen import VidGenPipeline
+    from vidgen.eval import evaluate
+    from vidgen.pipelines import common
+    from vidgen.testing import tiny_components
+
+    pipe = VidGenPipeline(**tiny_components())
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    predict = common.VidGenPipelineBase.predict_velocity
+
+    def spy(self, latents, timestep, prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale, *a, **k):
+        seen.append((type(self).__name__, guidance_scale))
+        return predict(self, latents, timestep, prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale, *a, **k)
+
+    monkeypatch.setattr(common.VidGenPipelineBase, "predict_velocity", spy)
+    evaluate(pipe, ("t2v", "i2v", "predict"), n=1, steps=1, guidance_scale=5.0)
+    assert {name for name, _ in seen} == {
+        "VidGenPipeline", "VidGenImageToVideoPipeline", "VidGenMaskedVideoPipeline"
+    }  # fmt: skip
+    assert {g for _, g in seen} == {5.0}

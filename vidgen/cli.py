@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
     evaluate.add_argument("--num", type=_positive_int, default=100, help="held-out clips (default 100)")
     evaluate.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default 30)")
+    evaluate.add_argument(
+        "--guidance", type=_positive_float, default=3.0, help="classifier-free guidance scale (default 3)"
+    )
     evaluate.add_argument("--tasks", default="t2v,i2v,predict,interpolate", help="comma-separated tasks")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default=None)
@@ -413,7 +416,8 @@ def run_eval(args: argparse.Namespace) -> int:
     unknown = set(tasks) - {"t2v", "i2v", "predict", "interpolate"}
     if unknown:
         raise CLIError(f"--tasks must be among t2v, i2v, predict, interpolate; got {sorted(unknown)}")
-    print(format_table(evaluate(pipe, tasks, n=args.num, steps=args.steps, seed=args.seed)))
+    results = evaluate(pipe, tasks, n=args.num, steps=args.steps, seed=args.seed, guidance_scale=args.guidance)
+    print(format_table(results))
     return 0
 
 

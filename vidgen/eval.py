@@ -246,6 +246,7 @@ def evaluate(
     n: int = 100,
     steps: int | None = None,
     seed: int = 0,
+    guidance_scale: float = 3.0,
 ):
     """Generate for the evaluation set with fixed seeds and score. Returns ``{task: {metric: value}}``."""
     import torch
@@ -257,7 +258,7 @@ def evaluate(
     i2v, masked = VidGenImageToVideoPipeline.from_pipe(pipe), VidGenMaskedVideoPipeline.from_pipe(pipe)
     for p in (i2v, masked):
         p.set_progress_bar_config(disable=True)
-    common = dict(num_inference_steps=steps, output_type="np", frame_rate=shapes.FPS)
+    common = dict(num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np", frame_rate=shapes.FPS)
     results = {}
     for task in tasks:
         reports, psnrs, errors = [], [], []
