@@ -1,8 +1,6 @@
 """The causal-student training pieces (rollout, DMD, critic) and the three recipes, on tiny models."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,14 +19,6 @@ from vidgen.training.self_forcing import (
 )
 
 PROMPT = "a red circle moves right"
-SCRIPTS = Path(__file__).parents[1] / "scripts"
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +109,13 @@ def test_teacher_trajectory_starts_at_the_noise_and_ends_on_the_guided_predictio
     torch.testing.assert_close(one, expected, atol=1e-5, rtol=0)
 
 
-def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(teacher_pipe, tmp_path, monkeypatch):
+def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(
+    load_script, teacher_pipe, tmp_path, monkeypatch
+):
     teacher_dir = tmp_path / "teacher"
     teacher_pipe.save_pretrained(teacher_dir)
     monkeypatch.setattr(sys, "argv", ["x"])
-    init = script("train_causal_init")
+    init = load_script("train_causal_init")
     init.main(["--out", str(tmp_path / "init"), "--teacher", str(teacher_dir), "--pairs", "64", "--substeps", "1", "--chunk-size", "2", "--independent-first-frame",
                "--steps", "3", "--batch", "2", "--checkpoint-every", "2"])  # fmt: skip
     student_dir = tmp_path / "init" / "transformer_causal"
@@ -134,7 +126,7 @@ def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(teacher_pipe
     assert (config.causal_chunk_size, config.independent_first_frame) == (2, True)
 
     common = ["--teacher", str(teacher_dir), "--batch", "2", "--critic-ratio", "1", "--checkpoint-every", "1"]
-    sf = script("train_self_forcing")
+    sf = load_script("train_self_forcing")
     sf.main(["--out", str(tmp_path / "sf"), "--student", str(student_dir), "--steps", "2", *common])
     sf.main(
         ["--out", str(tmp_path / "sf"), "--student", str(student_dir), "--steps", "3", *common]
@@ -142,7 +134,7 @@ def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(teacher_pipe
     rows = (tmp_path / "sf" / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]  # step 2 ran once, after the resume
 
-    pp = script("train_self_forcing_pp")
+    pp = load_script("train_self_forcing_pp")
     pp.main(["--out", str(tmp_path / "pp"), "--student", str(tmp_path / "sf" / "transformer_causal"),
              "--steps", "2", "--rollout-frames", "6", *common])  # fmt: skip
     causal = VidGenTransformer3DModel.from_pretrained(tmp_path / "pp" / "transformer_causal")
@@ -151,14 +143,16 @@ def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(teacher_pipe
     assert video.shape == (1, 29, 32, 32, 3) and np.isfinite(video).all()
 
 
-def test_streaming_decoder_recipe_keeps_the_encoder_and_shrinks_the_decoder(tmp_path, monkeypatch):
+def test_streaming_decoder_recipe_keeps_the_encoder_and_shrinks_the_decoder(
+    load_script, tmp_path, monkeypatch
+):
     from vidgen import VidGenVideoAutoencoder
 
     source = VidGenVideoAutoencoder(block_out_channels=(8, 16, 16), latent_channels=8)
     pipe_dir = tmp_path / "pipe"
     source.save_pretrained(pipe_dir / "vae")
     monkeypatch.setattr(sys, "argv", ["x"])
-    recipe = script("train_streaming_decoder")
+    recipe = load_script("train_streaming_decoder")
     out = tmp_path / "stream"
     recipe.main(
         ["--out", str(out), "--model", str(pipe_dir), "--channels", "8,8,8", "--steps", "2", "--batch", "2"]

@@ -1,7 +1,6 @@
 """Turbo2K: token-grid maps, feature alignment, block features and residuals, the hierarchical pipeline,
 and the distillation and adapter recipes, on tiny models."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -20,14 +19,6 @@ from vidgen.models.turbo2k import FeatureProjector, alignment_loss, pool_tokens,
 from vidgen.testing import randomize_, tiny_components, tiny_transformer
 
 PROMPT = "a red circle moves right"
-SCRIPTS = Path(__file__).parents[1] / "scripts"
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_pooling_averages_regions_and_undoes_nearest_upsampling():
@@ -174,11 +165,11 @@ def assert_same_weights(a: Path, b: Path):
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
 
 
-def test_adapter_recipe_trains_only_the_adapter_and_resumes_exactly(pipe, tmp_path, monkeypatch):
+def test_adapter_recipe_trains_only_the_adapter_and_resumes_exactly(load_script, pipe, tmp_path, monkeypatch):
     model_dir = tmp_path / "model"
     pipe.save_pretrained(model_dir)
     monkeypatch.setattr(sys, "argv", ["x"])
-    recipe = script("train_hierarchical")
+    recipe = load_script("train_hierarchical")
     loaded = []
     from_pretrained = VidGenPipeline.from_pretrained
     monkeypatch.setattr(
@@ -192,7 +183,7 @@ def test_adapter_recipe_trains_only_the_adapter_and_resumes_exactly(pipe, tmp_pa
     kill_after_checkpoint(recipe, monkeypatch, at_step=2)
     with pytest.raises(Killed):
         recipe.main(["--out", str(tmp_path / "killed"), *common])
-    monkeypatch.setattr(recipe, "save_checkpoint", script("train_hierarchical").save_checkpoint)
+    monkeypatch.setattr(recipe, "save_checkpoint", load_script("train_hierarchical").save_checkpoint)
     recipe.main(["--out", str(tmp_path / "killed"), *common])  # resumes at step 2
     rows = (tmp_path / "killed" / "log.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["0", "3"]  # logged every 5 steps and at the last
@@ -212,7 +203,9 @@ def test_adapter_recipe_trains_only_the_adapter_and_resumes_exactly(pipe, tmp_pa
         recipe.main(["--out", str(tmp_path / "bad"), *common[:2], "--sizes", "48", *common[4:]])
 
 
-def test_distillation_recipe_trains_a_student_in_another_latent_space(pipe, tmp_path, monkeypatch):
+def test_distillation_recipe_trains_a_student_in_another_latent_space(
+    load_script, pipe, tmp_path, monkeypatch
+):
     teacher_dir = tmp_path / "teacher"
     pipe.save_pretrained(teacher_dir)
     vae_dir = tmp_path / "vae16"
@@ -220,7 +213,7 @@ def test_distillation_recipe_trains_a_student_in_another_latent_space(pipe, tmp_
         vae_dir
     )
     monkeypatch.setattr(sys, "argv", ["x"])
-    recipe = script("distill_turbo2k")
+    recipe = load_script("distill_turbo2k")
     common = ["--teacher", str(teacher_dir), "--student-vae", str(vae_dir), "--clips", "64",
               "--cache", str(tmp_path / "cache"), "--student-layers", "2", "--student-head-dim", "8",
               "--teacher-block", "1", "--student-block", "0", "--batch", "2", "--steps", "4",
@@ -229,7 +222,7 @@ def test_distillation_recipe_trains_a_student_in_another_latent_space(pipe, tmp_
     kill_after_checkpoint(recipe, monkeypatch, at_step=2)
     with pytest.raises(Killed):
         recipe.main(["--out", str(tmp_path / "killed"), *common])
-    monkeypatch.setattr(recipe, "save_checkpoint", script("distill_turbo2k").save_checkpoint)
+    monkeypatch.setattr(recipe, "save_checkpoint", load_script("distill_turbo2k").save_checkpoint)
     recipe.main(["--out", str(tmp_path / "killed"), *common])  # resumes at step 2
     name = "pipeline/transformer/diffusion_pytorch_model.safetensors"
     assert_same_weights(tmp_path / "distilled" / name, tmp_path / "killed" / name)
