@@ -36,14 +36,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from vidgen import DEFAULT_MODEL, VidGenPipeline, VidGenTransformer3DModel, VidGenVideoAutoencoder
 from vidgen.data import shapes
 from vidgen.masks import sample_default_training_mask
 from vidgen.models.turbo2k import FeatureProjector, alignment_loss, pool_tokens
-from vidgen.training.cache import module_fingerprint
+from vidgen.training.cache import module_fingerprint, sharded_cache
 from vidgen.training.checkpoint import (
     append_csv,
     load_latest_checkpoint,
@@ -88,39 +86,21 @@ def normalized_latents(vae, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def build_cache(folder: Path, clips: int, teacher_vae, student_vae, tokenizer) -> dict:
-    """Shards of ``SHARD`` clips, each tagged with the two VAEs' fingerprints and the clip count: a folder
-    built for other VAEs or another ``--clips`` is refused rather than silently mixed in."""
-    folder.mkdir(parents=True, exist_ok=True)
-    key = {
-        "clips": str(clips),
-        "teacher_vae": module_fingerprint(teacher_vae),
-        "student_vae": module_fingerprint(student_vae),
-    }
-    for start in range(0, clips, SHARD):
-        path = folder / f"shard_{start:07d}.safetensors"
-        if path.exists():
-            with safe_open(path, "pt") as f:
-                if f.metadata() != key:
-                    raise ValueError(
-                        f"the cache {folder} was built for other VAEs or another --clips; use another --cache"
-                    )
-            continue
-        x, captions, masks = shapes.render_training_batch(np.arange(start, min(start + SHARD, clips)))
-        tokens = tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids
-        shard = {
+    """Clips ``0 .. clips-1`` through both VAEs, in shards keyed by the VAEs' fingerprints (a cache built
+    for other VAEs is refused rather than mixed in)."""
+
+    def shard(start: int, end: int) -> dict:
+        x, captions, masks = shapes.render_training_batch(np.arange(start, end))
+        t, s = student_vae.temporal_compression_ratio, student_vae.spatial_compression_ratio
+        return {
             "teacher": normalized_latents(teacher_vae, x),  # (b, C, F, H, W)
-            "student": normalized_latents(student_vae, x),  # (b, C', F, H/2, W/2)
-            "tokens": tokens,
-            "objects": shapes.object_tokens(
-                masks, student_vae.temporal_compression_ratio, student_vae.spatial_compression_ratio
-            ),  # (b, F, H/2, W/2) on the student's grid
+            "student": normalized_latents(student_vae, x),  # (b, C', F, H', W')
+            "tokens": tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids,
+            "objects": shapes.object_tokens(masks, t, s),  # (b, F, H', W') on the student's grid
         }
-        tmp = path.with_suffix(".tmp")
-        save_file(shard, tmp, metadata=key)
-        tmp.rename(path)
-        print(f"cache {start + len(x)}/{clips}", flush=True)
-    shards = [load_file(folder / f"shard_{s:07d}.safetensors") for s in range(0, clips, SHARD)]
-    return {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+
+    key = {"teacher_vae": module_fingerprint(teacher_vae), "student_vae": module_fingerprint(student_vae)}
+    return sharded_cache(folder, clips, SHARD, key, shard)
 
 
 def pack(x: torch.Tensor) -> torch.Tensor:  # (B, C, F, H, W) -> (B, N, C)

@@ -28,13 +28,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from vidgen import DEFAULT_MODEL, HIERARCHICAL_SUBFOLDER, VidGenPipeline
 from vidgen.data import shapes
 from vidgen.models.turbo2k import HierarchicalAdapter
-from vidgen.training.cache import module_fingerprint
+from vidgen.training.cache import module_fingerprint, sharded_cache
 from vidgen.training.checkpoint import (
     append_csv,
     load_latest_checkpoint,
@@ -67,24 +65,16 @@ def pack(x: torch.Tensor) -> torch.Tensor:  # (B, C, F, H, W) -> (B, N, C)
 
 @torch.no_grad()
 def build_cache(folder: Path, size: int, clips: int, pipe) -> dict:
-    """Low-resolution and ``size`` latents (normalised) of the same scenes, tokens, object tokens."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Low-resolution and ``size`` latents (normalised) of the same scenes, tokens, object tokens; in
+    shards keyed by the VAE's fingerprint and the size."""
     low = pipe.default_video_size[1]
     t, s = pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio
-    key = {"clips": str(clips), "size": str(size), "vae": module_fingerprint(pipe.vae)}
-    for start in range(0, clips, SHARD):
-        path = folder / f"shard_{start:07d}.safetensors"
-        if path.exists():
-            with safe_open(path, "pt") as f:
-                if f.metadata() != key:
-                    raise ValueError(
-                        f"the cache {folder} was built for another VAE or --clips; use another --out"
-                    )
-            continue
-        seeds = np.arange(start, min(start + SHARD, clips)) + 30_000_000  # not the DiT's training seeds
+
+    def shard(start: int, end: int) -> dict:
+        seeds = np.arange(start, end) + 30_000_000  # not the DiT's training seeds
         x_low, captions, _ = shapes.render_training_batch(seeds, size=low)
         x_high, _, masks = shapes.render_training_batch(seeds, size=size)
-        shard = {
+        return {
             "low": pipe.normalize_latents(pipe.vae.encode(x_low).latent_dist.mode()),
             "high": pipe.normalize_latents(pipe.vae.encode(x_high).latent_dist.mode()),
             "tokens": pipe.tokenizer(
@@ -92,12 +82,8 @@ def build_cache(folder: Path, size: int, clips: int, pipe) -> dict:
             ).input_ids,
             "objects": shapes.object_tokens(masks, t, s),  # (b, F, H, W) on the high-resolution grid
         }
-        tmp = path.with_suffix(".tmp")
-        save_file(shard, tmp, metadata=key)
-        tmp.rename(path)
-        print(f"cache {size}: {start + len(seeds)}/{clips}", flush=True)
-    shards = [load_file(folder / f"shard_{s:07d}.safetensors") for s in range(0, clips, SHARD)]
-    return {k: torch.cat([sh[k] for sh in shards]) for k in shards[0]}
+
+    return sharded_cache(folder, clips, SHARD, {"size": size, "vae": module_fingerprint(pipe.vae)}, shard)
 
 
 def adapter_loss(args, batch, pipe, adapter, g):

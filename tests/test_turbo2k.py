@@ -252,5 +252,5 @@ def test_distillation_recipe_trains_a_student_in_another_latent_space(
     VidGenVideoAutoencoder(latent_channels=8, block_out_channels=(8, 8, 8), patch_size=2).save_pretrained(
         vae_dir
     )
-    with pytest.raises(ValueError, match="built for other VAEs"):
+    with pytest.raises(ValueError, match="built from other student_vae"):
         recipe.main(["--out", str(tmp_path / "other"), *common])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..data.video_dataset import Bucket, MediaItem, SkipMedia, load_clip
@@ -161,3 +162,31 @@ def warn_skipped(problems: list[str]) -> None:
     """One warning that counts and names the unusable files."""
     if problems:
         warnings.warn(f"skipped {len(problems)} unusable file(s): {'; '.join(problems)}", stacklevel=2)
+
+
+def sharded_cache(folder: Path, count: int, shard_size: int, key: dict, build) -> dict[str, torch.Tensor]:
+    """Tensors of items ``[0, count)`` built ``shard_size`` at a time by ``build(start, end) -> dict`` and
+    kept as safetensors shards, each written atomically and tagged with ``key`` (what it was built from,
+    plus ``count``). A rerun reuses the shards with the same key and refuses one with another, rather
+    than mixing it in. Returns the shards concatenated along the first dimension."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = {k: str(v) for k, v in key.items()} | {"count": str(count)}
+    paths = [folder / f"shard_{start:07d}.safetensors" for start in range(0, count, shard_size)]
+    for start, path in zip(range(0, count, shard_size), paths):
+        if path.exists():
+            with safe_open(path, "pt") as f:
+                stored = f.metadata() or {}
+            changed = sorted(k for k in key.keys() | stored.keys() if stored.get(k) != key.get(k))
+            if changed:
+                raise ValueError(
+                    f"the cache {folder} was built from other {', '.join(changed)}; use another folder"
+                )
+            continue
+        end = min(start + shard_size, count)
+        tmp = path.with_suffix(".tmp")
+        save_file(build(start, end), tmp, metadata=key)
+        os.replace(tmp, path)
+        print(f"cache {folder.name}: {end}/{count}", flush=True)
+    shards = [load_file(path) for path in paths]
+    return {k: torch.cat([shard[k] for shard in shards]) for k in shards[0]}
