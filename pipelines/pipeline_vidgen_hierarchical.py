@@ -10,7 +10,8 @@ re-encode between the stages.
 3. Stage two denoises at high resolution with the residuals added to the same blocks at every step: the
    low-resolution layout (how many objects, where, which color) comes from stage one, the detail from
    stage two. It starts from pure noise (``strength=1``) or, cheaper, from the stage-one latents upsampled
-   in latent space and noised to ``strength`` (fewer steps; still no pixels in between).
+   in latent space and noised for the last ``ceil(strength * steps)`` steps, which alone run (still no
+   pixels in between).
 """
 
 from __future__ import annotations
