@@ -3,14 +3,15 @@ on every 17-frame window over time, plus streaming speed.
 
     python benchmarks/bench_long_video.py \\
         --student init=runs/causal_init/transformer_causal --student self-forcing=runs/sf/transformer_causal \\
-        --student self-forcing++=runs/sfpp/transformer_causal [--num 20] [--lengths 161,337] \\
-        [--results benchmarks/RESULTS.md]
+        --student self-forcing++=runs/sfpp/transformer_causal [--streaming-vae runs/stream_vae/vae] \\
+        [--num 20] [--lengths 161,337] [--results benchmarks/RESULTS.md]
 
 Methods:
 - ``teacher-sliding``: the bidirectional default model generates 17 frames, then repeatedly predicts the
   next 12 from the last 5 (its VDT prediction task), the naive way to extend a short-horizon model;
 - each ``--student NAME=FOLDER``: a causal transformer rolled out by ``VidGenAutoregressivePipeline``
-  (4 steps, no guidance, the rolling cache of the training horizon).
+  (4 steps, no guidance, the rolling cache of the training horizon), decoding with ``--streaming-vae``
+  when given (the fast decoder the embedded default ships as ``vae_streaming``).
 
 Prints, for each length, a table of every window's mean scores (held-out captions, fixed seeds), the
 speed table (streaming throughput and latency to the first frames on this machine), and with
@@ -34,6 +35,7 @@ from vidgen import (
     VidGenMaskedVideoPipeline,
     VidGenPipeline,
     VidGenTransformer3DModel,
+    VidGenVideoAutoencoder,
 )
 from vidgen.data import shapes
 from vidgen.eval import evaluation_set, score_windows
@@ -152,6 +154,9 @@ def main():
     p.add_argument("--student", action="append", default=[], help="NAME=FOLDER of a causal transformer")
     p.add_argument("--num", type=int, default=20, help="held-out captions per length")
     p.add_argument("--lengths", default="161,337")
+    p.add_argument(
+        "--streaming-vae", default=None, help="VAE folder the students decode with (default: the teacher's)"
+    )
     p.add_argument("--teacher-steps", type=int, default=30)
     p.add_argument("--skip-teacher", action="store_true", help="students only")
     p.add_argument("--results", default=None, help="Markdown file to write the tables and plot into")
@@ -160,12 +165,13 @@ def main():
     pipe = VidGenPipeline.from_pretrained(args.model)
     masked = VidGenMaskedVideoPipeline.from_pipe(pipe)
     students = {}
+    student_vae = VidGenVideoAutoencoder.from_pretrained(args.streaming_vae) if args.streaming_vae else pipe.vae
     for spec in args.student:
         name, _, folder = spec.partition("=")
         if not folder:
             raise SystemExit(f"--student must be NAME=FOLDER; got {spec!r}")
         causal_transformer = VidGenTransformer3DModel.from_pretrained(folder)
-        students[name] = VidGenAutoregressivePipeline.from_pipe(pipe, transformer=causal_transformer)
+        students[name] = VidGenAutoregressivePipeline.from_pipe(pipe, transformer=causal_transformer, vae=student_vae)
     for p_ in (pipe, masked, *students.values()):
         p_.set_progress_bar_config(disable=True)
 
