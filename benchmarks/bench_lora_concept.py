@@ -2,13 +2,18 @@
 
     python benchmarks/bench_lora_concept.py --out runs/lora-big                      # "big" objects
     python benchmarks/bench_lora_concept.py --out runs/lora-orange --concept orange  # the color orange
+    python benchmarks/bench_lora_concept.py --out runs/lora-diag --concept diagonal --ordinary 20
 
 Concepts:
 - ``big``: objects of radius 13-15 px ("a big red circle moves right"); the world's are 6-9 px.
 - ``orange``: the color (255, 140, 0) ("an orange circle ..."). The default VAE cannot show it: trained
   on seven colors, it decodes orange as red, so no LoRA on the DiT can teach it (the benchmark
   measures that too).
-Neither word is in the default tokenizer: it reaches the model as <unk>, so the LoRA has to learn what
+- ``diagonal``: motion towards the bottom right ("a red circle moves diagonally"); the world moves only
+  along the axes. The default VAE keeps positions (direction 100% on its reconstructions), so only the
+  DiT has to learn it. Found when the object of the prompt's color travels within 22.5 degrees of the
+  diagonal over the judged frames.
+No concept word is in the default tokenizer: it reaches the model as <unk>, so the LoRA has to learn what
 the unknown word means from the videos alone.
 
 1. Data: at most 50 clips rendered by the Shapes world with the concept (half of them with a second,
@@ -34,7 +39,7 @@ import torch
 
 from vidgen import DEFAULT_MODEL, VidGenPipeline
 from vidgen.data import shapes
-from vidgen.eval import BIG_SIDE, evaluation_set, read_video, summarize
+from vidgen.eval import BIG_SIDE, STILL_PIXELS, evaluation_set, read_video, summarize
 from vidgen.training.train_lora import main as train_lora
 from vidgen.video_io import export_to_video
 
@@ -47,6 +52,10 @@ def concept_objects(concept: str):
     if concept == "orange":
         singles = [
             shapes.ShapeObject("orange", s, m) for s, m in itertools.product(shapes.SHAPES, shapes.MOTIONS)
+        ]
+    elif concept == "diagonal":
+        singles = [
+            shapes.ShapeObject(c, s, "diagonally") for c, s in itertools.product(shapes.COLORS, shapes.SHAPES)
         ]
     else:
         singles = [dataclasses.replace(o, size="big") for o in shapes.all_single_objects()]
@@ -93,7 +102,18 @@ def concept_found(concept: str, video: np.ndarray, prompt: str) -> bool:
     if concept == "orange":
         return "orange" in read_video(video, prompt, colors=ALL_COLORS).found
     report = read_video(video, prompt)
-    return target.color in report.found and report.sides[target.color] >= BIG_SIDE
+    if target.color not in report.found:
+        return False
+    if concept == "diagonal":
+        scale = video.shape[1] / shapes.NATIVE_SIZE
+        early = np.array([c for i, c in report.tracks[target.color] if i <= shapes.DIRECTION_HOLDS_FRAMES])
+        d = early[-1] - early[0]
+        moved = np.linalg.norm(d) >= STILL_PIXELS * scale
+        return bool(
+            moved
+            and d @ np.array(shapes.NEW_DIRECTIONS["diagonally"]) >= np.cos(np.pi / 8) * np.linalg.norm(d)
+        )
+    return report.sides[target.color] >= BIG_SIDE
 
 
 def generate(pipe, prompts, steps, seed_base):
@@ -108,7 +128,7 @@ def generate(pipe, prompts, steps, seed_base):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--concept", choices=("big", "orange"), default="big")
+    p.add_argument("--concept", choices=("big", "orange", "diagonal"), default="big")
     p.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder (default: the embedded model)")
     p.add_argument("--clips", type=int, default=50)
     p.add_argument(

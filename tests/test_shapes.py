@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -45,6 +48,40 @@ def test_motion_direction_speed_and_bounce(motion):
         r = clip.radii[0]
         assert clip.centers[:, 0, axis].min() >= r - 1e-9 and clip.centers[:, 0, axis].max() <= 64 - r + 1e-9
         assert (np.sign(steps[:, axis]) != sign).any()  # 60 frames at >= 1.5 px/frame must bounce
+
+
+def test_new_direction_renders_but_is_never_sampled():
+    for seed in range(20):
+        clip = render_clip(
+            [ShapeObject("red", "circle", "diagonally"), ShapeObject("blue", "square", "up")], seed
+        )
+        assert clip.caption == "a red circle moves diagonally and a blue square moves up"
+        assert shapes.parse_caption(clip.caption) == clip.objects
+        steps = np.diff(clip.centers[:9, 0], axis=0)  # (8, 2): down and to the right at the same speed
+        assert np.all(steps > 0) and np.allclose(steps[:, 0], steps[:, 1])
+        assert 1.5 <= np.linalg.norm(steps[0]) <= 2.5
+    sampled = {o.motion for seed in range(300) for o in shapes.sample_clip(seed).objects}
+    assert sampled == set(shapes.MOTIONS)
+    with pytest.raises(ValueError, match="motions"):
+        ShapeObject("red", "circle", "sideways")
+
+
+def test_lora_benchmark_finds_the_diagonal_only_where_it_is():
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_lora_concept.py"
+    spec = importlib.util.spec_from_file_location("bench_lora_concept", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    trained, held_out = bench.concept_objects("diagonal")
+    assert len(trained) == 14 and len(held_out) == 7 and not set(trained) & set(held_out)
+    prompt = "a green triangle moves diagonally and a red circle stays still"
+    for seed in range(5):
+        truth = render_clip(shapes.parse_caption(prompt), seed).frames
+        assert bench.concept_found("diagonal", truth, prompt)
+        for motion in ("right", "down", "still"):
+            other = render_clip(
+                [ShapeObject("green", "triangle", motion), ShapeObject("red", "circle", "still")], seed
+            )
+            assert not bench.concept_found("diagonal", other.frames, prompt)
 
 
 def test_any_size_and_length_scales_sizes_and_speeds():

@@ -41,6 +41,9 @@ NEW_COLORS: dict[str, tuple[int, int, int]] = {"orange": (255, 140, 0)}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MOTIONS = (*DIRECTIONS, "still")
+# A direction the world never shows in training ("a red circle moves diagonally": towards the bottom
+# right), for teaching a trained model; like NEW_COLORS, rendering and captions know it, sampling does not.
+NEW_DIRECTIONS: dict[str, tuple[float, float]] = {"diagonally": (0.5**0.5, 0.5**0.5)}
 RADIUS_RANGE = (6.0, 9.0)  # pixels at 64x64
 # Sizes the world never shows in training ("a big red circle ..."), for teaching a trained model.
 RADIUS_RANGES = {"normal": RADIUS_RANGE, "big": (13.0, 15.0)}
@@ -60,10 +63,11 @@ class ShapeObject:
     size: str = "normal"  # "big" only for taught concepts; the world's captions never say it
 
     def __post_init__(self):
-        known = self.color in COLORS | NEW_COLORS and self.shape in SHAPES and self.motion in MOTIONS
+        motions = (*MOTIONS, *NEW_DIRECTIONS)
+        known = self.color in COLORS | NEW_COLORS and self.shape in SHAPES and self.motion in motions
         if not known or self.size not in RADIUS_RANGES:
             raise ValueError(
-                f"unknown object {self}: colors {list(COLORS)}, shapes {SHAPES}, motions {MOTIONS}, "
+                f"unknown object {self}: colors {list(COLORS | NEW_COLORS)}, shapes {SHAPES}, motions {motions}, "
                 f"sizes {list(RADIUS_RANGES)}"
             )
 
@@ -154,13 +158,20 @@ def _trajectory(start, velocity, radius, size_xy, num_frames):
 def _start(rng, motion, radius, speed, size_xy):
     """A start position from which the stated direction holds for the first frames."""
     start = np.array([rng.uniform(radius, s - radius) for s in size_xy])
-    if motion != "still":
-        axis = 0 if DIRECTIONS[motion][0] else 1
-        sign = DIRECTIONS[motion][axis]
-        travel = speed * DIRECTION_HOLDS_FRAMES
+    if motion in DIRECTIONS:
+        axes = [0 if DIRECTIONS[motion][0] else 1]
+    elif motion in NEW_DIRECTIONS:
+        axes = [0, 1]
+    else:
+        return start
+    direction = (DIRECTIONS | NEW_DIRECTIONS)[motion]
+    for axis in axes:
+        travel = abs(direction[axis]) * speed * DIRECTION_HOLDS_FRAMES
         low, high = radius, size_xy[axis] - radius
         # Leave room to travel `travel` pixels in the stated direction before the first bounce.
-        start[axis] = rng.uniform(low, high - travel) if sign > 0 else rng.uniform(low + travel, high)
+        start[axis] = (
+            rng.uniform(low, high - travel) if direction[axis] > 0 else rng.uniform(low + travel, high)
+        )
     return start
 
 
@@ -209,7 +220,7 @@ def render_clip(
         paths = [
             _trajectory(
                 _start(rng, o.motion, r, s, size_xy),
-                np.array(DIRECTIONS.get(o.motion, (0, 0)), float) * s,
+                np.array((DIRECTIONS | NEW_DIRECTIONS).get(o.motion, (0, 0)), float) * s,
                 r,
                 size_xy,
                 num_frames,
