@@ -384,7 +384,7 @@ def run_prompts(args, state) -> int:
                 output_type="np", **extra,
             ).frames[0]  # fmt: skip
             path = export_to_video(video, out / names[i], fps=fps, overwrite=args.overwrite)
-            print(f"[process {state.process_index}] wrote {path}")
+            print(f"[process {state.process_index}] wrote {path}", flush=True)  # a line per video, as it lands
     state.wait_for_everyone()
     return 0
 
