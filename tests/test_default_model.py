@@ -23,7 +23,7 @@ def _pipe():
     return pipe
 
 
-# Each part of the embedded folder has its own budget: the bidirectional pipeline (issue: default model),
+# Each part of the embedded folder has its own budget: the bidirectional pipeline,
 # the causal student with its streaming decoder, and the Turbo2K parts.
 _EXTRA_PARTS = {
     "causal": ({CAUSAL_SUBFOLDER, STREAMING_VAE_SUBFOLDER}, 15),
