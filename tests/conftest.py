@@ -15,10 +15,11 @@ def _deterministic():
 
 @pytest.fixture
 def load_script():
-    """Import a recipe from ``scripts/`` as a module (recipes are files, not package modules)."""
+    """Import a recipe from ``scripts/`` (or a file of another top-level folder, e.g. ``benchmarks``) as a
+    module: recipes and benchmarks are files, not package modules."""
 
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    def load(name: str, folder: str = "scripts"):
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS.parent / folder / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

@@ -1,6 +1,3 @@
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -66,11 +63,8 @@ def test_new_direction_renders_but_is_never_sampled():
         ShapeObject("red", "circle", "sideways")
 
 
-def test_lora_benchmark_finds_the_diagonal_only_where_it_is():
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_lora_concept.py"
-    spec = importlib.util.spec_from_file_location("bench_lora_concept", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_lora_benchmark_finds_the_diagonal_only_where_it_is(load_script):
+    bench = load_script("bench_lora_concept", folder="benchmarks")
     trained, held_out = bench.concept_objects("diagonal")
     assert len(trained) == 14 and len(held_out) == 7 and not set(trained) & set(held_out)
     prompt = "a green triangle moves diagonally and a red circle stays still"
