@@ -10,8 +10,11 @@ from vidgen import (
     CAUSAL_SUBFOLDER,
     HIERARCHICAL_SUBFOLDER,
     STREAMING_VAE_SUBFOLDER,
+    VidGenAutoregressivePipeline,
     VidGenImageToVideoPipeline,
     VidGenPipeline,
+    VidGenTransformer3DModel,
+    VidGenVideoAutoencoder,
 )
 from vidgen import eval as ev
 from vidgen.data import shapes
@@ -73,3 +76,18 @@ def test_default_model_image_to_video_keeps_the_first_frame():
     first = (video[0] * 255).round().astype(np.uint8)
     assert ev.psnr(first, clip.frames[0]) > 20
     assert {d.color for d in ev.detect(first)} == {o.color for o in clip.objects}
+
+
+def test_default_model_rolls_out_past_its_horizon_with_the_shipped_causal_student():
+    causal = VidGenTransformer3DModel.from_pretrained(vidgen.DEFAULT_MODEL, subfolder=CAUSAL_SUBFOLDER)
+    vae = VidGenVideoAutoencoder.from_pretrained(vidgen.DEFAULT_MODEL, subfolder=STREAMING_VAE_SUBFOLDER)
+    assert causal.config.causal_chunk_size and causal.dtype == vae.dtype == torch.float32  # stored as fp16
+    pipe = VidGenAutoregressivePipeline.from_pretrained(vidgen.DEFAULT_MODEL, transformer=causal, vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+    caption = "a red circle moves right"
+    video = pipe(caption, num_frames=81, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
+    assert video.shape == (81, 64, 64, 3)  # 21 latent frames: past the 5 of its training clips and its cache
+    frames = (video * 255).round().astype(np.uint8)
+    assert all(ev.detect(f) for f in frames)  # objects on black in every frame, not noise or blank
+    for window in ev.score_windows(frames, caption):
+        assert window["color"] == 100.0 and window["background"] < 20  # the prompt's object, no over-exposure
