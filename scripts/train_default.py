@@ -14,7 +14,9 @@ Stages (each skipped when its output exists; a killed run resumes from its last 
 2. Latent cache: N training clips (17 frames) encoded once, with captions and object-token masks.
 3. DiT + text encoder: flow matching with VDT masks (given tokens clean at per-token timestep 0, loss
    only on generated tokens), object tokens weighted up (the black background is learned first and is
-   almost every token), 10% caption dropout for classifier-free guidance.
+   almost every token), 10% caption dropout for classifier-free guidance. ``--dit-ema 0.999`` keeps an
+   exponential moving average of the weights and exports it (resuming a run's checkpoint with a longer
+   ``--dit-steps`` continues training on the stretched cosine schedule).
 4. Export: a diffusers pipeline folder (safetensors) with ``VidGenPipeline``.
 """
 
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel
 
@@ -77,6 +80,10 @@ def parse_args():
     p.add_argument("--dit-steps", type=int, default=3800)
     p.add_argument("--dit-batch", type=int, default=24)
     p.add_argument("--lr", type=float, default=7e-4)
+    p.add_argument(
+        "--dit-ema", type=float, default=0.0,
+        help="EMA decay of the DiT and text encoder weights, exported instead of the raw ones (0: off)",
+    )  # fmt: skip
     p.add_argument(
         "--object-weight", type=float, default=8.0, help="loss weight of object tokens vs background"
     )
@@ -248,6 +255,12 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         dit.load_state_dict(split_state(tensors, "dit."))
         t5.load_state_dict(split_state(tensors, "t5."))
         opt.load_state_dict(opt_state)
+    # An exponential moving average of the weights smooths the noise of small batches; it starts from
+    # the weights it resumes with (a run continued from a checkpoint without one starts it there).
+    ema = EMAModel(params, decay=args.dit_ema, foreach=True) if args.dit_ema > 0 else None
+    if ema is not None and tensors is not None and "ema_step" in tensors:
+        ema.shadow_params = [tensors[f"ema.{i}"].clone() for i in range(len(params))]
+        ema.optimization_step = int(tensors["ema_step"])
     dit, t5, opt = accelerator.prepare(dit, t5, opt)
     empty = tokens[0].clone()
     empty[:] = 0
@@ -282,14 +295,21 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()
+        if ema is not None:
+            ema.step(params)
         if step % 25 == 0 or step == args.dit_steps - 1:
             log(run, "dit_log", {"step": step, "loss": loss.item(), "seconds": time.time() - tic})
             print(f"dit step {step} loss {loss.item():.4f} ({time.time() - tic:.0f}s)", flush=True)
         if (step + 1) % args.checkpoint_every == 0:
             state = {f"dit.{k}": v for k, v in accelerator.unwrap_model(dit).state_dict().items()}
             state |= {f"t5.{k}": v for k, v in accelerator.unwrap_model(t5).state_dict().items()}
+            if ema is not None:
+                state |= {f"ema.{i}": p for i, p in enumerate(ema.shadow_params)}
+                state["ema_step"] = torch.tensor(ema.optimization_step)
             save_checkpoint(ckpt, step + 1, state, opt)
     dit, t5 = accelerator.unwrap_model(dit).eval(), accelerator.unwrap_model(t5).eval()
+    if ema is not None:
+        ema.copy_to(params)  # the averaged weights are the ones exported
     dit.save_pretrained(final / "transformer")
     t5.save_pretrained(final / "text_encoder")
     return dit, t5
