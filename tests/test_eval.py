@@ -1,6 +1,7 @@
 """The evaluator reads clean renders of the Shapes world perfectly."""
 
 import numpy as np
+import pytest
 
 from vidgen import eval as ev
 from vidgen.data import shapes
@@ -103,3 +104,23 @@ def test_evaluate_passes_the_guidance_scale_to_every_task(monkeypatch):
         "VidGenPipeline", "VidGenImageToVideoPipeline", "VidGenMaskedVideoPipeline"
     }  # fmt: skip
     assert {g for _, g in seen} == {5.0}
+
+
+def test_evaluate_by_objects_splits_one_and_two_object_captions():
+    from vidgen import VidGenPipeline
+    from vidgen.eval import evaluate
+    from vidgen.testing import tiny_components
+
+    pipe = VidGenPipeline(**tiny_components())
+    pipe.set_progress_bar_config(disable=True)
+    results = evaluate(pipe, ("t2v", "predict"), n=4, steps=1, by_objects=True)  # clips alternate 1, 2 objects
+    assert list(results) == [
+        "t2v", "t2v, 1 object", "t2v, 2 objects", "predict", "predict, 1 object", "predict, 2 objects"
+    ]  # fmt: skip
+    for task in ("t2v", "predict"):
+        whole, one, two = results[task], results[f"{task}, 1 object"], results[f"{task}, 2 objects"]
+        # two videos of each kind: per-video metrics average the halves; per-object ones weigh 2 : 4
+        assert whole["count"] == pytest.approx((one["count"] + two["count"]) / 2)
+        assert whole["color"] == pytest.approx((2 * one["color"] + 4 * two["color"]) / 6)
+    whole, one, two = (results[k]["centroid_error_px"] for k in ("predict", "predict, 1 object", "predict, 2 objects"))
+    assert whole == pytest.approx((one + two) / 2)

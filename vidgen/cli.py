@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance", type=_positive_float, default=3.0, help="classifier-free guidance scale (default 3)"
     )
     evaluate.add_argument("--tasks", default="t2v,i2v,predict,interpolate", help="comma-separated tasks")
+    evaluate.add_argument(
+        "--by-objects", action="store_true",
+        help="also score one-object and two-object captions apart (rows 'TASK, 1 object' and 'TASK, 2 objects')",
+    )  # fmt: skip
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
@@ -416,7 +420,10 @@ def run_eval(args: argparse.Namespace) -> int:
     unknown = set(tasks) - {"t2v", "i2v", "predict", "interpolate"}
     if unknown:
         raise CLIError(f"--tasks must be among t2v, i2v, predict, interpolate; got {sorted(unknown)}")
-    results = evaluate(pipe, tasks, n=args.num, steps=args.steps, seed=args.seed, guidance_scale=args.guidance)
+    results = evaluate(
+        pipe, tasks, n=args.num, steps=args.steps, seed=args.seed, guidance_scale=args.guidance,
+        by_objects=args.by_objects,
+    )  # fmt: skip
     print(format_table(results))
     return 0
 
