@@ -37,6 +37,7 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from transformers import T5Config, T5EncoderModel
+from transformers.models.t5.modeling_t5 import T5Attention
 
 from vidgen import VidGenPipeline, VidGenTransformer3DModel
 from vidgen.data import shapes
@@ -51,7 +52,14 @@ from vidgen.training.distributed import average_gradients
 DIT_CONFIG = dict(
     num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64, block_layout="full"
 )
-T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=8)
+T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+# How finely the text encoder's attention tells word positions apart: (buckets, max distance) of T5's
+# relative-position bias. "coarse" (the first default model) has exact buckets for distances 0 and 1
+# only; every distance from 2 to 15 shares one bucket, so "moves right" looks the same from the word
+# "red" whether it is that object's motion or the other object's, and the model cannot bind attributes
+# to objects in two-object captions. "exact" separates every distance a caption has (up to 12).
+TEXT_POSITIONS = {"coarse": (8, 128), "exact": (32, 16)}
+MAX_TOKENS = 16  # tokenizer length of a caption (the longest Shapes caption has 13 tokens)
 
 
 def parse_args():
@@ -87,6 +95,19 @@ def parse_args():
     p.add_argument(
         "--object-weight", type=float, default=8.0, help="loss weight of object tokens vs background"
     )
+    p.add_argument(
+        "--two-object-share", type=float, default=None,
+        help="draw two-object clips with this probability (default: as often as the cache holds them, half)",
+    )  # fmt: skip
+    p.add_argument(
+        "--text-positions", choices=sorted(TEXT_POSITIONS), default="coarse",
+        help="relative-position buckets of the text encoder (see TEXT_POSITIONS)",
+    )  # fmt: skip
+    p.add_argument(
+        "--init-from", default=None,
+        help="start the DiT and text encoder from this pipeline folder (fresh optimizer and schedule); "
+        "a different --text-positions keeps its function (the position bias is remapped)",
+    )  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export", default=None, help="write the pipeline folder here when training is done")
     return p.parse_args()
@@ -119,6 +140,55 @@ def latest_checkpoint(folder: Path):
 
 def split_state(tensors: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def text_encoder_config(vocab_size: int, positions: str) -> T5Config:
+    buckets, max_distance = TEXT_POSITIONS[positions]
+    return T5Config(
+        vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, dropout_rate=0.0, **T5_CONFIG,
+        relative_attention_num_buckets=buckets, relative_attention_max_distance=max_distance,
+    )  # fmt: skip
+
+
+def init_from_pipeline(folder: Path, dit, t5) -> None:
+    """Load a trained pipeline's DiT and text encoder into ``dit`` and ``t5``. When ``t5`` buckets
+    relative positions differently, every relative distance keeps the bias it had: bucket b of the
+    new table takes the old bias of the distances that fall into b (the function is unchanged)."""
+    dit.load_state_dict(VidGenTransformer3DModel.from_pretrained(folder / "transformer").state_dict())
+    old = T5EncoderModel.from_pretrained(folder / "text_encoder").eval()
+    state = old.state_dict()
+    key = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"  # (buckets, heads)
+    bucket = lambda d, c: T5Attention._relative_position_bucket(  # noqa: E731
+        d, True, c.relative_attention_num_buckets, c.relative_attention_max_distance
+    )
+    d = torch.arange(1 - MAX_TOKENS, MAX_TOKENS)  # every relative distance a caption can have
+    old_b, new_b = bucket(d, old.config), bucket(d, t5.config)
+    table = torch.zeros(t5.config.relative_attention_num_buckets, state[key].shape[1])
+    table[new_b] = state[key][old_b]
+    state[key] = table
+    t5.load_state_dict(state)
+    ids = torch.arange(2, 2 + MAX_TOKENS)[None]  # the longest caption: the two encoders must agree on it
+    with torch.no_grad():
+        gap = (t5.eval()(ids)[0] - old(ids)[0]).abs().max().item()
+    t5.train()
+    if gap > 1e-4:
+        raise ValueError(f"--init-from: the remapped text encoder differs from {folder} by {gap:.2e}")
+    print(f"initialised from {folder} (text encoder max difference {gap:.1e})", flush=True)
+
+
+def clip_weights(tokens: torch.Tensor, two_object_share: float | None) -> torch.Tensor | None:
+    """Probabilities ``(n,)`` of drawing each cached clip so that two-object captions (those with "and")
+    make up ``two_object_share`` of the draws; None keeps every clip equally likely (``torch.randint``,
+    the random stream the shipped model was trained with)."""
+    if two_object_share is None:
+        return None
+    if not 0 < two_object_share < 1:
+        raise ValueError(f"--two-object-share must be in (0, 1); got {two_object_share}")
+    two = (tokens == word_tokenizer().convert_tokens_to_ids("and")).any(1)  # (n,)
+    if two.all() or not two.any():
+        raise ValueError("--two-object-share needs both one-object and two-object clips in the cache")
+    share = torch.where(two, two_object_share / two.sum(), (1 - two_object_share) / (~two).sum())
+    return share.double()
 
 
 def cosine_lr(step, total, peak, warmup=100):
@@ -217,7 +287,9 @@ def build_cache(args, run: Path, vae, tokenizer) -> dict:
         z = vae.encode(x).latent_dist.mode()
         mean, std = vae.latents_mean.view(1, -1, 1, 1, 1), vae.latents_std.view(1, -1, 1, 1, 1)
         latents.append((z - mean) / std)
-        tokens.append(tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids)
+        tokens.append(
+            tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
+        )
         objects.append(
             shapes.object_tokens(masks, vae.temporal_compression_ratio, vae.spatial_compression_ratio)
         )  # (B, F, H, W) latent tokens an object touches
@@ -244,9 +316,9 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     latents, tokens, objects = cache["latents"], cache["tokens"], cache["objects"]
     n, (C, Fl, H, W) = len(latents), latents.shape[1:]
     dit = VidGenTransformer3DModel(**DIT_CONFIG, in_channels=C, sample_size=(Fl, H, W))  # sized by the VAE
-    t5 = T5EncoderModel(
-        T5Config(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, dropout_rate=0.0, **T5_CONFIG)
-    )
+    t5 = T5EncoderModel(text_encoder_config(vocab_size, args.text_positions))
+    if args.init_from:
+        init_from_pipeline(Path(args.init_from), dit, t5)
     params = list(dit.parameters()) + list(t5.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ckpt = run / "dit_ckpt"
@@ -266,11 +338,15 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     empty[:] = 0
     empty[0] = 1  # "" -> just </s>
     mu = VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG).shift_for_tokens(Fl * H * W)  # sampling's shift
+    draw = clip_weights(tokens, args.two_object_share)
     tic = time.time()
     for step in range(start, args.dit_steps):
         # Data order and noise are functions of (seed, step): resuming reproduces them exactly.
         g = torch.Generator().manual_seed(args.seed * 7_000_003 + step)
-        idx = torch.randint(0, n, (args.dit_batch,), generator=g)
+        if draw is None:
+            idx = torch.randint(0, n, (args.dit_batch,), generator=g)
+        else:
+            idx = torch.multinomial(draw, args.dit_batch, replacement=True, generator=g)
         x0 = latents[idx]  # (B, C, F, H, W)
         ids = tokens[idx].clone()
         ids[torch.rand(len(ids), generator=g) < 0.1] = empty  # caption dropout for CFG
@@ -321,7 +397,7 @@ def main():
     run = Path(args.out)
     run.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    tokenizer = word_tokenizer(max_length=16)
+    tokenizer = word_tokenizer(max_length=MAX_TOKENS)
 
     vae = train_vae(args, run, accelerator)  # 1. the VAE
     if args.stop_after == "vae":

@@ -1,0 +1,53 @@
+"""The default model's recipe: starting from a trained pipeline with other text positions, and the
+two-object share of the clips it draws."""
+
+import pytest
+import torch
+from transformers import T5EncoderModel
+
+from vidgen.data.text import word_tokenizer
+from vidgen.testing import randomize_, tiny_transformer
+
+
+def test_init_from_keeps_the_text_encoder_function_across_position_buckets(load_script, tmp_path):
+    recipe = load_script("train_default")
+    vocab = len(word_tokenizer())
+    old_t5 = randomize_(T5EncoderModel(recipe.text_encoder_config(vocab, "coarse")), seed=1).eval()
+    old_dit = tiny_transformer(seed=2)
+    old_t5.save_pretrained(tmp_path / "text_encoder")
+    old_dit.save_pretrained(tmp_path / "transformer")
+
+    new_t5 = T5EncoderModel(recipe.text_encoder_config(vocab, "exact"))
+    new_dit = tiny_transformer(seed=3)
+    recipe.init_from_pipeline(tmp_path, new_dit, new_t5)
+
+    assert new_t5.config.relative_attention_num_buckets != old_t5.config.relative_attention_num_buckets
+    ids = word_tokenizer()(
+        ["a red circle moves right and a blue square stays still", "a cyan triangle moves up"],
+        padding="max_length", max_length=16, return_tensors="pt",
+    ).input_ids  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(new_t5.eval()(ids)[0], old_t5(ids)[0], atol=1e-5, rtol=0)
+    for (name, a), b in zip(old_dit.state_dict().items(), new_dit.state_dict().values()):
+        assert torch.equal(a, b), name
+    # The exact table really tells distances 2..15 apart once it trains: they are separate buckets now.
+    bucket = recipe.T5Attention._relative_position_bucket
+    distances = torch.arange(2, 16)
+    assert len(set(bucket(distances, True, 32, 16).tolist())) == len(distances)
+    assert len(set(bucket(distances, True, 8, 128).tolist())) == 1
+
+
+def test_clip_weights_give_the_two_object_share(load_script):
+    recipe = load_script("train_default")
+    tok = word_tokenizer()
+    captions = ["a red circle moves right"] * 6 + ["a red circle moves up and a blue square stays still"] * 2
+    tokens = tok(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids
+    assert recipe.clip_weights(tokens, None) is None
+    w = recipe.clip_weights(tokens, 0.75)
+    assert w.sum().item() == pytest.approx(1.0)
+    assert w[6:].sum().item() == pytest.approx(0.75)
+    assert torch.allclose(w[:6], w[0].expand(6))  # equal within each group
+    with pytest.raises(ValueError, match="--two-object-share must be in"):
+        recipe.clip_weights(tokens, 1.0)
+    with pytest.raises(ValueError, match="both one-object and two-object"):
+        recipe.clip_weights(tokens[:6], 0.5)
