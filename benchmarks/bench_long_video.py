@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from results_md import write_section  # benchmarks/results_md.py
+from transformers import T5EncoderModel
 
 from vidgen import (
     DEFAULT_MODEL,
@@ -157,6 +158,11 @@ def main():
     p.add_argument(
         "--streaming-vae", default=None, help="VAE folder the students decode with (default: the teacher's)"
     )
+    p.add_argument(
+        "--student-text-encoder", default=None,
+        help="text encoder folder the students were distilled with (default: the teacher's; the embedded "
+        "model keeps its students' in text_encoder_causal/)",
+    )  # fmt: skip
     p.add_argument("--teacher-steps", type=int, default=30)
     p.add_argument("--skip-teacher", action="store_true", help="students only")
     p.add_argument("--results", default=None, help="Markdown file to write the tables and plot into")
@@ -166,12 +172,17 @@ def main():
     masked = VidGenMaskedVideoPipeline.from_pipe(pipe)
     students = {}
     student_vae = VidGenVideoAutoencoder.from_pretrained(args.streaming_vae) if args.streaming_vae else pipe.vae
+    student_text = pipe.text_encoder
+    if args.student_text_encoder:
+        student_text = T5EncoderModel.from_pretrained(args.student_text_encoder).eval()
     for spec in args.student:
         name, _, folder = spec.partition("=")
         if not folder:
             raise SystemExit(f"--student must be NAME=FOLDER; got {spec!r}")
         causal_transformer = VidGenTransformer3DModel.from_pretrained(folder)
-        students[name] = VidGenAutoregressivePipeline.from_pipe(pipe, transformer=causal_transformer, vae=student_vae)
+        students[name] = VidGenAutoregressivePipeline.from_pipe(
+            pipe, transformer=causal_transformer, vae=student_vae, text_encoder=student_text
+        )
     for p_ in (pipe, masked, *students.values()):
         p_.set_progress_bar_config(disable=True)
 

@@ -2,8 +2,10 @@ from .common import VidGenPipelineOutput
 from .pipeline_vidgen import VidGenPipeline
 from .pipeline_vidgen_autoregressive import (
     CAUSAL_SUBFOLDER,
+    CAUSAL_TEXT_ENCODER_SUBFOLDER,
     STREAMING_VAE_SUBFOLDER,
     VidGenAutoregressivePipeline,
+    causal_components,
 )
 from .pipeline_vidgen_hierarchical import HIERARCHICAL_SUBFOLDER, VidGenHierarchicalPipeline
 from .pipeline_vidgen_image2video import VidGenImageToVideoPipeline
@@ -12,6 +14,7 @@ from .pipeline_vidgen_video2video import VidGenVideoToVideoPipeline, generate_hi
 
 __all__ = [
     "CAUSAL_SUBFOLDER",
+    "CAUSAL_TEXT_ENCODER_SUBFOLDER",
     "HIERARCHICAL_SUBFOLDER",
     "STREAMING_VAE_SUBFOLDER",
     "VidGenAutoregressivePipeline",
@@ -21,5 +24,6 @@ __all__ = [
     "VidGenPipeline",
     "VidGenPipelineOutput",
     "VidGenVideoToVideoPipeline",
+    "causal_components",
     "generate_high_resolution",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .common import VidGenPipelineBase, VidGenPipelineOutput
+from .common import DEFAULT_GUIDANCE_SCALE, VidGenPipelineBase, VidGenPipelineOutput
 
 
 class VidGenPipeline(VidGenPipelineBase):
@@ -33,7 +33,7 @@ class VidGenPipeline(VidGenPipelineBase):
         num_frames: int | None = None,
         frame_rate: float = 25,
         num_inference_steps: int = 30,
-        guidance_scale: float = 3.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         guidance_rescale: float = 0.0,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,

@@ -18,6 +18,7 @@ distances at frame 300 as at frame 3.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -33,6 +34,31 @@ embedded default does; the CLI's ``--autoregressive`` loads it from there)."""
 STREAMING_VAE_SUBFOLDER = "vae_streaming"
 """Where a pipeline folder keeps a VAE with the same encoder and a small, fast decoder for streaming
 (``scripts/train_streaming_decoder.py``); ``--autoregressive`` uses it when present."""
+CAUSAL_TEXT_ENCODER_SUBFOLDER = "text_encoder_causal"
+"""Where a pipeline folder keeps the text encoder its causal student was distilled with, when the
+folder's own ``text_encoder`` was trained further afterwards: the student reads that encoder's
+embeddings, so the two travel together."""
+
+
+def causal_components(folder) -> dict:
+    """The parts a pipeline folder keeps for rollout next to its bidirectional ones, as keyword arguments
+    for ``VidGenAutoregressivePipeline.from_pretrained(folder, **causal_components(folder))``: the causal
+    student (``transformer``), the text encoder it was distilled with (``text_encoder``) and the streaming
+    decoder (``vae``), each only when the folder has it."""
+    from transformers import T5EncoderModel
+
+    from ..models import VidGenVideoAutoencoder
+
+    parts = (
+        ("transformer", CAUSAL_SUBFOLDER, VidGenTransformer3DModel),
+        ("text_encoder", CAUSAL_TEXT_ENCODER_SUBFOLDER, T5EncoderModel),
+        ("vae", STREAMING_VAE_SUBFOLDER, VidGenVideoAutoencoder),
+    )
+    return {
+        name: cls.from_pretrained(os.path.join(folder, sub))
+        for name, sub, cls in parts
+        if os.path.isdir(os.path.join(folder, sub))
+    }
 
 
 class VidGenAutoregressivePipeline(VidGenPipelineBase):
@@ -42,8 +68,8 @@ class VidGenAutoregressivePipeline(VidGenPipelineBase):
     Same components as :class:`VidGenPipeline`; the transformer must be causal. With the embedded
     default model::
 
-        causal = VidGenTransformer3DModel.from_pretrained(vidgen.DEFAULT_MODEL, subfolder=CAUSAL_SUBFOLDER)
-        pipe = VidGenAutoregressivePipeline.from_pretrained(vidgen.DEFAULT_MODEL, transformer=causal)
+        parts = causal_components(vidgen.DEFAULT_MODEL)  # the causal student and what it was trained with
+        pipe = VidGenAutoregressivePipeline.from_pretrained(vidgen.DEFAULT_MODEL, **parts)
         video = pipe("a red circle moves right", num_frames=341).frames[0]
         for frames in pipe.stream("a red circle moves right", num_frames=341):  # (B, f, H, W, 3) per chunk
             ...

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..models import VidGenTransformer3DModel, VidGenVideoAutoencoder
 from ..models.turbo2k import HierarchicalAdapter
-from .common import VidGenPipelineBase, VidGenPipelineOutput
+from .common import DEFAULT_GUIDANCE_SCALE, VidGenPipelineBase, VidGenPipelineOutput
 
 HIERARCHICAL_SUBFOLDER = "hierarchical_adapter"
 """Where a pipeline folder keeps its stage-two adapter (the embedded default does; ``--hierarchical``
@@ -96,7 +96,7 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
         num_inference_steps: int = 30,
         high_res_inference_steps: int = 10,
         strength: float = 1.0,
-        guidance_scale: float = 3.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .common import VidGenPipelineBase, VidGenPipelineOutput
+from .common import DEFAULT_GUIDANCE_SCALE, VidGenPipelineBase, VidGenPipelineOutput
 
 TASKS = ("predict", "backward_predict", "interpolate", "complete", "animate", "unconditional")
 
@@ -112,7 +112,7 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
         num_frames: int | None = None,
         frame_rate: float = 25,
         num_inference_steps: int = 30,
-        guidance_scale: float = 3.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         generator: torch.Generator | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..attention import installed_attention
 from ..attention.freeswim import FreeSwim
-from .common import VidGenPipelineBase, VidGenPipelineOutput
+from .common import DEFAULT_GUIDANCE_SCALE, VidGenPipelineBase, VidGenPipelineOutput
 
 
 class VidGenVideoToVideoPipeline(VidGenPipelineBase):
@@ -37,7 +37,7 @@ class VidGenVideoToVideoPipeline(VidGenPipelineBase):
         width: int | None = None,
         frame_rate: float = 25,
         num_inference_steps: int = 30,
-        guidance_scale: float = 3.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         generator: torch.Generator | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,

@@ -3,6 +3,8 @@
     python scripts/train_default.py --out runs/default            # all stages, resumable
     accelerate launch scripts/train_default.py --out runs/default  # same recipe, any device
     python scripts/train_default.py --out runs/default --export vidgen/default_model
+    # continue a trained pipeline (its VAE, DiT and text encoder), as the shipped DiT's last leg was made:
+    python scripts/train_default.py --out runs/ft --init-from PIPELINE --text-positions exact --dit-steps 2000 --lr 3e-4
 
 Stages (each skipped when its output exists; a killed run resumes from its last checkpoint):
 1. VAE: ``VidGenVideoAutoencoder`` on 5-frame windows of freshly rendered clips (a causal convolutional
@@ -100,12 +102,17 @@ def parse_args():
         help="draw two-object clips with this probability (default: as often as the cache holds them, half)",
     )  # fmt: skip
     p.add_argument(
+        "--t2v-share", type=float, default=0.35,
+        help="share of clips trained as text-to-video (no frame given); the rest are image-to-video (0.15) "
+        "and VDT's task masks",
+    )  # fmt: skip
+    p.add_argument(
         "--text-positions", choices=sorted(TEXT_POSITIONS), default="coarse",
         help="relative-position buckets of the text encoder (see TEXT_POSITIONS)",
     )  # fmt: skip
     p.add_argument(
         "--init-from", default=None,
-        help="start the DiT and text encoder from this pipeline folder (fresh optimizer and schedule); "
+        help="start from this pipeline folder: its VAE, DiT and text encoder (fresh optimizer and schedule); "
         "a different --text-positions keeps its function (the position bias is remapped)",
     )  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=100)
@@ -350,7 +357,9 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         x0 = latents[idx]  # (B, C, F, H, W)
         ids = tokens[idx].clone()
         ids[torch.rand(len(ids), generator=g) < 0.1] = empty  # caption dropout for CFG
-        mask = torch.stack([sample_default_training_mask((Fl, H, W), g) for _ in idx])  # (B, F, H, W)
+        mask = torch.stack(
+            [sample_default_training_mask((Fl, H, W), g, args.t2v_share) for _ in idx]
+        )  # (B, F, H, W)
         u = torch.rand(len(idx), generator=g).clamp(1e-4, 1 - 1e-4)
         sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))  # (B,) shifted like the sampler
         noise = torch.randn(x0.shape, generator=g)
@@ -399,6 +408,8 @@ def main():
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     tokenizer = word_tokenizer(max_length=MAX_TOKENS)
 
+    if args.init_from and not (run / "vae" / "config.json").exists():
+        shutil.copytree(Path(args.init_from) / "vae", run / "vae")  # its DiT was trained in this latent space
     vae = train_vae(args, run, accelerator)  # 1. the VAE
     if args.stop_after == "vae":
         return

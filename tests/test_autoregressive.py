@@ -191,3 +191,24 @@ def test_cli_autoregressive_writes_a_long_video_with_the_causal_subfolder(tmp_pa
         [*cli, "--autoregressive", "--output", str(tmp_path / "y.mp4")], capture_output=True, text=True
     )
     assert result.returncode == 2 and "has no causal transformer for --autoregressive" in result.stderr
+
+
+def test_causal_components_pair_the_student_with_the_text_encoder_it_was_distilled_with(tmp_path):
+    from vidgen import CAUSAL_SUBFOLDER, CAUSAL_TEXT_ENCODER_SUBFOLDER, causal_components
+    from vidgen.testing import tiny_t5
+
+    components = tiny_components()
+    VidGenPipeline(**components).save_pretrained(tmp_path)
+    assert causal_components(tmp_path) == {}  # a bidirectional folder has no rollout parts
+    tiny_components(causal_chunk_size=1)["transformer"].save_pretrained(tmp_path / CAUSAL_SUBFOLDER)
+    parts = causal_components(tmp_path)
+    assert set(parts) == {"transformer"}  # no text encoder of its own: the folder's is used
+    student_text = tiny_t5(len(components["tokenizer"]), seed=5)
+    student_text.save_pretrained(tmp_path / CAUSAL_TEXT_ENCODER_SUBFOLDER)
+    parts = causal_components(tmp_path)
+    assert set(parts) == {"transformer", "text_encoder"} and parts["transformer"].config.causal_chunk_size == 1
+    pipe = VidGenAutoregressivePipeline.from_pretrained(tmp_path, **parts)
+    ids = torch.arange(2, 8)[None]
+    with torch.no_grad():
+        assert torch.equal(pipe.text_encoder(ids)[0], student_text(ids)[0])
+        assert not torch.equal(pipe.text_encoder(ids)[0], components["text_encoder"](ids)[0])

@@ -8,13 +8,12 @@ import torch
 import vidgen
 from vidgen import (
     CAUSAL_SUBFOLDER,
+    CAUSAL_TEXT_ENCODER_SUBFOLDER,
     HIERARCHICAL_SUBFOLDER,
     STREAMING_VAE_SUBFOLDER,
     VidGenAutoregressivePipeline,
     VidGenImageToVideoPipeline,
     VidGenPipeline,
-    VidGenTransformer3DModel,
-    VidGenVideoAutoencoder,
 )
 from vidgen import eval as ev
 from vidgen.data import shapes
@@ -29,7 +28,7 @@ def _pipe():
 # Each part of the embedded folder has its own budget: the bidirectional pipeline,
 # the causal student with its streaming decoder, and the Turbo2K parts.
 _EXTRA_PARTS = {
-    "causal": ({CAUSAL_SUBFOLDER, STREAMING_VAE_SUBFOLDER}, 15),
+    "causal": ({CAUSAL_SUBFOLDER, CAUSAL_TEXT_ENCODER_SUBFOLDER, STREAMING_VAE_SUBFOLDER}, 15),
     "turbo2k": ({HIERARCHICAL_SUBFOLDER}, 15),
 }
 
@@ -79,10 +78,10 @@ def test_default_model_image_to_video_keeps_the_first_frame():
 
 
 def test_default_model_rolls_out_past_its_horizon_with_the_shipped_causal_student():
-    causal = VidGenTransformer3DModel.from_pretrained(vidgen.DEFAULT_MODEL, subfolder=CAUSAL_SUBFOLDER)
-    vae = VidGenVideoAutoencoder.from_pretrained(vidgen.DEFAULT_MODEL, subfolder=STREAMING_VAE_SUBFOLDER)
+    parts = vidgen.causal_components(vidgen.DEFAULT_MODEL)
+    causal, vae = parts["transformer"], parts["vae"]
     assert causal.config.causal_chunk_size and causal.dtype == vae.dtype == torch.float32  # stored as fp16
-    pipe = VidGenAutoregressivePipeline.from_pretrained(vidgen.DEFAULT_MODEL, transformer=causal, vae=vae)
+    pipe = VidGenAutoregressivePipeline.from_pretrained(vidgen.DEFAULT_MODEL, **parts)
     pipe.set_progress_bar_config(disable=True)
     caption = "a red circle moves right"
     video = pipe(caption, num_frames=81, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]

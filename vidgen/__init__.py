@@ -15,6 +15,7 @@ from .models import (
 )
 from .pipelines import (
     CAUSAL_SUBFOLDER,
+    CAUSAL_TEXT_ENCODER_SUBFOLDER,
     HIERARCHICAL_SUBFOLDER,
     STREAMING_VAE_SUBFOLDER,
     VidGenAutoregressivePipeline,
@@ -24,6 +25,7 @@ from .pipelines import (
     VidGenPipeline,
     VidGenPipelineOutput,
     VidGenVideoToVideoPipeline,
+    causal_components,
 )
 from .schedulers import VidGenFlowMatchScheduler
 from .video_io import export_to_video, load_image, load_video
@@ -36,6 +38,7 @@ DEFAULT_MODEL = str(_Path(__file__).parent / "default_model")
 
 __all__ = [
     "CAUSAL_SUBFOLDER",
+    "CAUSAL_TEXT_ENCODER_SUBFOLDER",
     "FeatureProjector",
     "HIERARCHICAL_SUBFOLDER",
     "HierarchicalAdapter",
@@ -51,6 +54,7 @@ __all__ = [
     "VidGenTransformer3DModel",
     "VidGenVideoAutoencoder",
     "VidGenVideoToVideoPipeline",
+    "causal_components",
     "export_to_video",
     "load_image",
     "load_video",

@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from .pipelines.common import DEFAULT_GUIDANCE_SCALE
+
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("sdpa", "xformers", "flex")
 ATTENTION_CHOICES = ATTENTION_BACKENDS + ("draft",)  # draft: DraftAttention block-sparse on the sdpa backend
@@ -63,7 +65,7 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
     )
     p.add_argument(
         "--guidance", type=float, default=None,
-        help="classifier-free guidance scale (default 3; 1, off, with --autoregressive)",
+        help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE_SCALE:g}; 1, off, with --autoregressive)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--output", default=None, help="output .mp4, .gif, or folder of PNGs (no extension)")
@@ -144,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num", type=_positive_int, default=100, help="held-out clips (default 100)")
     evaluate.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default 30)")
     evaluate.add_argument(
-        "--guidance", type=_positive_float, default=3.0, help="classifier-free guidance scale (default 3)"
+        "--guidance",
+        type=_positive_float,
+        default=DEFAULT_GUIDANCE_SCALE,
+        help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE_SCALE:g})",
     )
     evaluate.add_argument("--tasks", default="t2v,i2v,predict,interpolate", help="comma-separated tasks")
     evaluate.add_argument(
@@ -193,13 +198,13 @@ def _load_pipeline(cls, model: str | None, dtype, device):
     looks_like_hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~"))
     if not os.path.isdir(model) and not looks_like_hub_id:
         raise CLIError(f"--model {model}: no such folder")
-    from .models import HierarchicalAdapter, VidGenTransformer3DModel, VidGenVideoAutoencoder
+    from .models import HierarchicalAdapter
     from .pipelines import (
         CAUSAL_SUBFOLDER,
         HIERARCHICAL_SUBFOLDER,
-        STREAMING_VAE_SUBFOLDER,
         VidGenAutoregressivePipeline,
         VidGenHierarchicalPipeline,
+        causal_components,
     )
 
     if cls is VidGenHierarchicalPipeline and not os.path.isdir(os.path.join(model, HIERARCHICAL_SUBFOLDER)):
@@ -212,14 +217,10 @@ def _load_pipeline(cls, model: str | None, dtype, device):
         if cls is VidGenHierarchicalPipeline:
             adapter = HierarchicalAdapter.from_pretrained(model, subfolder=HIERARCHICAL_SUBFOLDER)
             components["hierarchical_adapter"] = adapter
-        if cls is VidGenAutoregressivePipeline:
-            # a pipeline folder may carry a causal student and a fast streaming decoder next to its own
-            for name, folder, model_cls in (
-                ("transformer", CAUSAL_SUBFOLDER, VidGenTransformer3DModel),
-                ("vae", STREAMING_VAE_SUBFOLDER, VidGenVideoAutoencoder),
-            ):
-                if os.path.isdir(os.path.join(model, folder)):
-                    components[name] = model_cls.from_pretrained(model, subfolder=folder)
+        if cls is VidGenAutoregressivePipeline and os.path.isdir(model):
+            # a pipeline folder may carry a causal student (with the text encoder it was distilled with)
+            # and a fast streaming decoder next to its own parts
+            components |= causal_components(model)
         pipe = cls.from_pretrained(model, dtype=getattr(torch, dtype), **components)
         pipe.to(getattr(torch, dtype))
     except Exception as e:  # any loading failure becomes one line naming the model
@@ -237,13 +238,13 @@ def _load_pipeline(cls, model: str | None, dtype, device):
 
 
 def _sampling_defaults(args) -> None:
-    """Steps and guidance: 30 and 3 for the bidirectional pipelines; 4 and 1 (off) for the distilled
-    causal model of ``--autoregressive``."""
+    """Steps and guidance: 30 and ``DEFAULT_GUIDANCE_SCALE`` for the bidirectional pipelines; 4 and 1 (off)
+    for the distilled causal model of ``--autoregressive``."""
     autoregressive = getattr(args, "autoregressive", False)
     if args.steps is None:
         args.steps = 4 if autoregressive else 30
     if args.guidance is None:
-        args.guidance = 1.0 if autoregressive else 3.0
+        args.guidance = 1.0 if autoregressive else DEFAULT_GUIDANCE_SCALE
     if not autoregressive and getattr(args, "kv_cache_frames", None) is not None:
         raise CLIError("--kv-cache-frames applies with --autoregressive only")
     if autoregressive and (args.freeswim or args.attention == "draft"):
@@ -252,7 +253,9 @@ def _sampling_defaults(args) -> None:
     if getattr(args, "high_res_steps", None) is not None and not hierarchical:
         raise CLIError("--high-res-steps applies with --hierarchical only")
     if hierarchical and (autoregressive or args.freeswim or args.attention == "draft"):
-        raise CLIError("--hierarchical does not combine with --autoregressive, --freeswim or --attention draft")
+        raise CLIError(
+            "--hierarchical does not combine with --autoregressive, --freeswim or --attention draft"
+        )
 
 
 def _set_attention(pipe, backend: str) -> None:
@@ -343,7 +346,9 @@ def _hierarchical_size(args, pipe) -> None:
     _, h, w = pipe.default_video_size
     args.height, args.width = args.height or 2 * h, args.width or 2 * w
     if args.height <= h and args.width <= w:
-        raise CLIError(f"--hierarchical is for sizes above the model's {h}x{w}: pass a larger --height or --width")
+        raise CLIError(
+            f"--hierarchical is for sizes above the model's {h}x{w}: pass a larger --height or --width"
+        )
 
 
 def prompt_video_name(index: int, prompt: str) -> str:
@@ -388,7 +393,9 @@ def run_prompts(args, state) -> int:
                 output_type="np", **extra,
             ).frames[0]  # fmt: skip
             path = export_to_video(video, out / names[i], fps=fps, overwrite=args.overwrite)
-            print(f"[process {state.process_index}] wrote {path}", flush=True)  # a line per video, as it lands
+            print(
+                f"[process {state.process_index}] wrote {path}", flush=True
+            )  # a line per video, as it lands
     state.wait_for_everyone()
     return 0
 

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from .data import shapes
+from .pipelines.common import DEFAULT_GUIDANCE_SCALE
 
 MIN_AREA = 30  # pixels at 64x64; the smallest object (triangle, r = 6) has 72
 MIN_RELATIVE_AREA = 0.15  # and at least this share of the largest object's area
@@ -246,7 +247,7 @@ def evaluate(
     n: int = 100,
     steps: int | None = None,
     seed: int = 0,
-    guidance_scale: float = 3.0,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     by_objects: bool = False,
 ):
     """Generate for the evaluation set with fixed seeds and score. Returns ``{task: {metric: value}}``.
@@ -263,7 +264,9 @@ def evaluate(
     i2v, masked = VidGenImageToVideoPipeline.from_pipe(pipe), VidGenMaskedVideoPipeline.from_pipe(pipe)
     for p in (i2v, masked):
         p.set_progress_bar_config(disable=True)
-    common = dict(num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np", frame_rate=shapes.FPS)
+    common = dict(
+        num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np", frame_rate=shapes.FPS
+    )
     results = {}
     for task in tasks:
         reports, psnrs, errors = [], [], []

@@ -64,7 +64,7 @@ class ValidationConfig:
     prompts: list = field(default_factory=list)
     every: int = 0  # 0: only at the end (when prompts are given)
     num_inference_steps: int = 20
-    guidance_scale: float = 3.0
+    guidance_scale: float = 2.0  # the pipelines' DEFAULT_GUIDANCE_SCALE
     num_frames: int | None = None
     height: int | None = None
     width: int | None = None
