@@ -11,6 +11,7 @@ import time
 import torch
 
 from vidgen import DEFAULT_MODEL, VidGenPipeline
+from vidgen.pipelines.common import DEFAULT_GUIDANCE_SCALE  # what the pipeline uses when not given
 
 
 def main():
@@ -35,7 +36,8 @@ def main():
     print("| video | steps | guidance | mean s | min s |")
     print("|---|---|---|---|---|")
     print(
-        f"| {video.shape[0]}x{video.shape[1]}x{video.shape[2]} | {steps} | 3.0 | {sum(times) / len(times):.2f} | {min(times):.2f} |"
+        f"| {video.shape[0]}x{video.shape[1]}x{video.shape[2]} | {steps} | {DEFAULT_GUIDANCE_SCALE:g} "
+        f"| {sum(times) / len(times):.2f} | {min(times):.2f} |"
     )
 
 
