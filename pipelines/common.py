@@ -37,11 +37,11 @@ from ..models import VidGenTransformer3DModel, VidGenVideoAutoencoder
 from ..schedulers import VidGenFlowMatchScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-# LTX-Video's official decode settings for timestep-conditioned VAEs (0.9.1+ configs).
 # Classifier-free guidance of the bidirectional pipelines. 2 was the best of 1, 1.5, 2, 3 and 6 on the
 # embedded default model's evaluator (every task; 3 and above add objects and smear colors); pass
 # LTX-Video's own 3 for its checkpoints.
 DEFAULT_GUIDANCE_SCALE = 2.0
+# LTX-Video's official decode settings for timestep-conditioned VAEs (0.9.1+ configs).
 DEFAULT_DECODE_TIMESTEP = 0.05
 DEFAULT_DECODE_NOISE_SCALE = 0.025
 # Used when the transformer does not record the size it was trained at (LTX-Video's defaults).

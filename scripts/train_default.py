@@ -57,9 +57,10 @@ DIT_CONFIG = dict(
 T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
 # How finely the text encoder's attention tells word positions apart: (buckets, max distance) of T5's
 # relative-position bias. "coarse" (the first default model) has exact buckets for distances 0 and 1
-# only; every distance from 2 to 15 shares one bucket, so "moves right" looks the same from the word
-# "red" whether it is that object's motion or the other object's, and the model cannot bind attributes
-# to objects in two-object captions. "exact" separates every distance a caption has (up to 12).
+# only; every distance from 2 to 15 in one direction shares one bucket, so from the word "red", the
+# "right" of "a red circle moves right" looks like any later word, the other object's motion too, and
+# binding attributes to objects must go through chains of neighbours. "exact" gives every distance a
+# padded caption has (up to 15) its own bucket.
 TEXT_POSITIONS = {"coarse": (8, 128), "exact": (32, 16)}
 MAX_TOKENS = 16  # tokenizer length of a caption (the longest Shapes caption has 13 tokens)
 
@@ -117,7 +118,10 @@ def parse_args():
     )  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export", default=None, help="write the pipeline folder here when training is done")
-    return p.parse_args()
+    args = p.parse_args()
+    if not 0 <= args.t2v_share <= 0.85:  # image-to-video keeps its 0.15
+        p.error(f"--t2v-share must be in [0, 0.85]; got {args.t2v_share}")
+    return args
 
 
 # --------------------------------------------------------------------------------------------------
