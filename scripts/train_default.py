@@ -328,12 +328,12 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     n, (C, Fl, H, W) = len(latents), latents.shape[1:]
     dit = VidGenTransformer3DModel(**DIT_CONFIG, in_channels=C, sample_size=(Fl, H, W))  # sized by the VAE
     t5 = T5EncoderModel(text_encoder_config(vocab_size, args.text_positions))
-    if args.init_from:
-        init_from_pipeline(Path(args.init_from), dit, t5)
     params = list(dit.parameters()) + list(t5.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ckpt = run / "dit_ckpt"
     start, tensors, opt_state = latest_checkpoint(ckpt)
+    if args.init_from and tensors is None:  # a resumed run has its own weights
+        init_from_pipeline(Path(args.init_from), dit, t5)
     if tensors is not None:
         dit.load_state_dict(split_state(tensors, "dit."))
         t5.load_state_dict(split_state(tensors, "t5."))
