@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -89,6 +90,11 @@ def parse_args():
     p.add_argument("--stop-after", choices=("vae", "cache"), default=None, help="stop after this stage")
     p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
     p.add_argument("--dit-steps", type=int, default=3800)
+    p.add_argument(
+        "--dit-layers", type=int, default=DIT_CONFIG["num_layers"],
+        help="DiT blocks; with --init-from a deeper DiT keeps the trained blocks and inserts new ones that "
+        "start as the identity",
+    )  # fmt: skip
     p.add_argument("--dit-batch", type=int, default=24)
     p.add_argument("--lr", type=float, default=7e-4)
     p.add_argument(
@@ -161,11 +167,41 @@ def text_encoder_config(vocab_size: int, positions: str) -> T5Config:
     )  # fmt: skip
 
 
+def grown_block_order(old: int, new: int) -> list[int | None]:
+    """Which trained block each block of a deeper DiT starts from (None: a new block), the new ones
+    spread evenly between the trained ones: 5 -> 7 gives [0, 1, None, 2, None, 3, 4]."""
+    if new < old:
+        raise ValueError(f"--dit-layers must be at least the trained DiT's {old} blocks; got {new}")
+    after = [round((i + 1) * old / (new - old + 1)) for i in range(new - old)]  # trained blocks before each
+    order = []
+    for i in range(old + 1):
+        order += [None] * after.count(i) if i else []
+        order += [i] if i < old else []
+    return order
+
+
+def init_dit_from(trained: VidGenTransformer3DModel, dit: VidGenTransformer3DModel) -> None:
+    """Copy ``trained`` into ``dit``, which may have more blocks: each new block has its attention,
+    cross-attention and MLP output projections zeroed, so it adds nothing and ``dit`` computes exactly
+    what ``trained`` does until training moves them (Net2Net-style deepening)."""
+    order = grown_block_order(len(trained.transformer_blocks), len(dit.transformer_blocks))
+    state = {k: v for k, v in trained.state_dict().items() if not k.startswith("transformer_blocks.")}
+    for j, i in enumerate(order):
+        block = dit.transformer_blocks[j] if i is None else trained.transformer_blocks[i]
+        if i is None:
+            for out in (block.attn1.to_out[0], block.attn2.to_out[0], block.ff.net[2]):
+                nn.init.zeros_(out.weight)
+                nn.init.zeros_(out.bias)
+        state |= {f"transformer_blocks.{j}.{k}": v for k, v in block.state_dict().items()}
+    dit.load_state_dict(state)
+
+
 def init_from_pipeline(folder: Path, dit, t5) -> None:
-    """Load a trained pipeline's DiT and text encoder into ``dit`` and ``t5``. When ``t5`` buckets
-    relative positions differently, every relative distance keeps the bias it had: bucket b of the
-    new table takes the old bias of the distances that fall into b (the function is unchanged)."""
-    dit.load_state_dict(VidGenTransformer3DModel.from_pretrained(folder / "transformer").state_dict())
+    """Load a trained pipeline's DiT and text encoder into ``dit`` and ``t5``. A deeper ``dit`` gets new
+    identity blocks (``init_dit_from``). When ``t5`` buckets relative positions differently, every
+    relative distance keeps the bias it had: bucket b of the new table takes the old bias of the
+    distances that fall into b (the function is unchanged)."""
+    init_dit_from(VidGenTransformer3DModel.from_pretrained(folder / "transformer"), dit)
     old = T5EncoderModel.from_pretrained(folder / "text_encoder").eval()
     state = old.state_dict()
     key = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"  # (buckets, heads)
@@ -326,7 +362,8 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     torch.manual_seed(args.seed + 1)
     latents, tokens, objects = cache["latents"], cache["tokens"], cache["objects"]
     n, (C, Fl, H, W) = len(latents), latents.shape[1:]
-    dit = VidGenTransformer3DModel(**DIT_CONFIG, in_channels=C, sample_size=(Fl, H, W))  # sized by the VAE
+    config = DIT_CONFIG | dict(num_layers=args.dit_layers)
+    dit = VidGenTransformer3DModel(**config, in_channels=C, sample_size=(Fl, H, W))  # sized by the VAE
     t5 = T5EncoderModel(text_encoder_config(vocab_size, args.text_positions))
     params = list(dit.parameters()) + list(t5.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import T5EncoderModel
 
+from vidgen import VidGenTransformer3DModel
 from vidgen.data.text import word_tokenizer
 from vidgen.testing import randomize_, tiny_transformer
 
@@ -51,3 +52,31 @@ def test_clip_weights_give_the_two_object_share(load_script):
         recipe.clip_weights(tokens, 1.0)
     with pytest.raises(ValueError, match="both one-object and two-object"):
         recipe.clip_weights(tokens[:6], 0.5)
+
+
+def test_grown_block_order_spreads_the_new_blocks(load_script):
+    order = load_script("train_default").grown_block_order
+    assert order(5, 7) == [0, 1, None, 2, None, 3, 4]
+    assert order(2, 3) == [0, None, 1]
+    assert order(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="--dit-layers"):
+        order(5, 4)
+
+
+def test_a_deeper_dit_starts_as_the_trained_one_and_its_new_blocks_train(load_script):
+    recipe = load_script("train_default")
+    trained = tiny_transformer(seed=2)  # 2 blocks
+    deeper = VidGenTransformer3DModel(**{**trained.config, "num_layers": 4})
+    recipe.init_dit_from(trained, deeper)
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 3 * 8 * 8, 8, generator=g), torch.randn(2, 5, 16, generator=g)
+    t = torch.full((2, 3 * 8 * 8), 500.0)
+    with torch.no_grad():
+        want = trained(x, text, t, None, 3, 8, 8).sample
+        got = deeper.eval()(x, text, t, None, 3, 8, 8).sample
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # The new blocks are not dead: their zeroed output projections get gradients.
+    deeper.train()(x, text, t, None, 3, 8, 8).sample.square().mean().backward()
+    new = deeper.transformer_blocks[1]  # 2 -> 4 puts the new blocks at 1 and 2
+    assert new.attn1.to_out[0].weight.grad.abs().sum() > 0
+    assert new.ff.net[2].weight.grad.abs().sum() > 0
