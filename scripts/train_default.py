@@ -53,7 +53,8 @@ from vidgen.training.distributed import average_gradients
 
 # The DiT's trunk; its input channels and latent grid come from the VAE.
 DIT_CONFIG = dict(
-    num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64, block_layout="full"
+    num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64, block_layout="full",
+    caption_positions=16,  # = MAX_TOKENS: the text encoder's words come without their place (see the DiT)
 )
 T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
 # How finely the text encoder's attention tells word positions apart: (buckets, max distance) of T5's
@@ -183,7 +184,8 @@ def grown_block_order(old: int, new: int) -> list[int | None]:
 def init_dit_from(trained: VidGenTransformer3DModel, dit: VidGenTransformer3DModel) -> None:
     """Copy ``trained`` into ``dit``, which may have more blocks: each new block has its attention,
     cross-attention and MLP output projections zeroed, so it adds nothing and ``dit`` computes exactly
-    what ``trained`` does until training moves them (Net2Net-style deepening)."""
+    what ``trained`` does until training moves them (Net2Net-style deepening). A ``trained`` without
+    a caption position embedding leaves ``dit``'s at zero (also no change)."""
     order = grown_block_order(len(trained.transformer_blocks), len(dit.transformer_blocks))
     state = {k: v for k, v in trained.state_dict().items() if not k.startswith("transformer_blocks.")}
     for j, i in enumerate(order):
@@ -193,6 +195,8 @@ def init_dit_from(trained: VidGenTransformer3DModel, dit: VidGenTransformer3DMod
                 nn.init.zeros_(out.weight)
                 nn.init.zeros_(out.bias)
         state |= {f"transformer_blocks.{j}.{k}": v for k, v in block.state_dict().items()}
+    if dit.caption_position_embedding is not None and "caption_position_embedding" not in state:
+        state["caption_position_embedding"] = dit.caption_position_embedding.detach()  # zeros: no change yet
     dit.load_state_dict(state)
 
 

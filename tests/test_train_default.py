@@ -63,10 +63,10 @@ def test_grown_block_order_spreads_the_new_blocks(load_script):
         order(5, 4)
 
 
-def test_a_deeper_dit_starts_as_the_trained_one_and_its_new_blocks_train(load_script):
+def test_a_deeper_dit_with_text_positions_starts_as_the_trained_one_and_its_new_parts_train(load_script):
     recipe = load_script("train_default")
     trained = tiny_transformer(seed=2)  # 2 blocks
-    deeper = VidGenTransformer3DModel(**{**trained.config, "num_layers": 4})
+    deeper = VidGenTransformer3DModel(**{**trained.config, "num_layers": 4, "caption_positions": 5})
     recipe.init_dit_from(trained, deeper)
     g = torch.Generator().manual_seed(0)
     x, text = torch.randn(2, 3 * 8 * 8, 8, generator=g), torch.randn(2, 5, 16, generator=g)
@@ -80,3 +80,4 @@ def test_a_deeper_dit_starts_as_the_trained_one_and_its_new_blocks_train(load_sc
     new = deeper.transformer_blocks[1]  # 2 -> 4 puts the new blocks at 1 and 2
     assert new.attn1.to_out[0].weight.grad.abs().sum() > 0
     assert new.ff.net[2].weight.grad.abs().sum() > 0
+    assert deeper.caption_position_embedding.grad.abs().sum() > 0

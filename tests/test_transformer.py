@@ -49,6 +49,22 @@ def test_text_padding_is_masked(layout):
     assert (model(x, text2, t, mask, F, H, W).sample - out).abs().max() > 1e-4
 
 
+def test_caption_positions_tell_word_order_apart():
+    # Cross-attention alone is blind to the order of the text tokens; the position embedding is not.
+    x, text, _, t = _inputs()
+    swapped = text[:, [1, 0, 2, 3, 4]]
+    plain = tiny_transformer()
+    torch.testing.assert_close(
+        plain(x, swapped, t, None, F, H, W).sample, plain(x, text, t, None, F, H, W).sample, atol=1e-5, rtol=0
+    )
+    placed = tiny_transformer(caption_positions=5)
+    assert placed.caption_position_embedding.abs().sum() > 0  # randomized like every other weight
+    out = placed(x, text, t, None, F, H, W).sample
+    assert (placed(x, swapped, t, None, F, H, W).sample - out).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="caption_positions=5"):
+        placed(x, torch.randn(1, 6, 16), t, None, F, H, W)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_runs_at_other_sizes_and_lengths(layout):
     model = tiny_transformer(layout)

@@ -210,6 +210,11 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         patch_size, patch_size_t: packing done by the pipeline (``1``: the VAE already patchifies).
         num_layers, num_attention_heads, attention_head_dim: trunk size; width = heads * head dim.
         caption_channels: width of the text encoder's hidden states.
+        caption_positions: if set, a learned embedding of each text token's absolute position (up to this
+            many tokens), added to the projected text (zero-initialised). A text encoder with relative
+            positions only can hand over context-free word vectors (the default model's did: "red" came
+            out the same wherever it stood), and then "red ... and blue ..." cannot tell the DiT which
+            object is red; the position says which clause a word is in.
         block_layout: ``"full"`` (joint attention) or ``"factorized"`` (temporal, then spatial).
         mlp_ratio: hidden width of the MLP relative to the model width.
         qk_norm: RMSNorm on queries and keys per head.
@@ -236,6 +241,7 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         num_attention_heads: int = 4,
         attention_head_dim: int = 32,
         caption_channels: int = 64,
+        caption_positions: int | None = None,
         block_layout: str = "full",
         mlp_ratio: float = 4.0,
         qk_norm: bool = True,
@@ -256,6 +262,9 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         out_channels = out_channels or in_channels
         self.proj_in = nn.Linear(in_channels, dim)
         self.caption_projection = PixArtAlphaTextProjection(caption_channels, dim)
+        self.caption_position_embedding = (
+            nn.Parameter(torch.zeros(caption_positions, dim)) if caption_positions else None
+        )  # (T_max, D)
         self.rope = RotaryPosEmbed3D(attention_head_dim, rope_theta, rope_axes_dim)
         self.adaln_single = AdaLNSingle(dim, num_mod=9 if block_layout == "factorized" else 6)
         self.transformer_blocks = nn.ModuleList(
@@ -398,6 +407,15 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
         # 2. Positions, text and the per-forward context.
         frames = torch.arange(frame_offset, frame_offset + F, device=hidden_states.device)
+        text = self.caption_projection(encoder_hidden_states)  # (B, T, D)
+        if self.caption_position_embedding is not None:
+            T = text.shape[1]
+            if T > cfg.caption_positions:
+                raise ValueError(
+                    f"encoder_hidden_states has {T} text tokens; this model embeds at most "
+                    f"caption_positions={cfg.caption_positions}"
+                )
+            text = text + self.caption_position_embedding[:T].to(text.dtype)
         text_mask = None
         if encoder_attention_mask is not None:
             text_mask = encoder_attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
@@ -406,7 +424,7 @@ class VidGenTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             frames=frames,
             rope=self.rope(frames, H, W, hidden_states.device),
             mod=mod,
-            text=self.caption_projection(encoder_hidden_states),
+            text=text,
             text_mask=text_mask,
             chunk_of=None if cfg.causal_chunk_size is None else self.chunk_of,
             kv_cache=kv_cache,
