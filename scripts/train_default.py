@@ -3,8 +3,10 @@
     python scripts/train_default.py --out runs/default            # all stages, resumable
     accelerate launch scripts/train_default.py --out runs/default  # same recipe, any device
     python scripts/train_default.py --out runs/default --export vidgen/default_model
-    # continue a trained pipeline (its VAE, DiT and text encoder), as the shipped DiT's last leg was made:
+    # continue a trained pipeline (its VAE, DiT and text encoder), as the shipped DiT's last legs were made
+    # (exact text positions; then 7 blocks, the new ones starting as the identity; README has the steps):
     python scripts/train_default.py --out runs/ft --init-from PIPELINE --text-positions exact --dit-steps 2000 --lr 3e-4
+    python scripts/train_default.py --out runs/deep --init-from PIPELINE --text-positions exact --dit-layers 7 --lr 4e-4
 
 Stages (each skipped when its output exists; a killed run resumes from its last checkpoint):
 1. VAE: ``VidGenVideoAutoencoder`` on 5-frame windows of freshly rendered clips (a causal convolutional
@@ -16,9 +18,11 @@ Stages (each skipped when its output exists; a killed run resumes from its last 
 2. Latent cache: N training clips (17 frames) encoded once, with captions and object-token masks.
 3. DiT + text encoder: flow matching with VDT masks (given tokens clean at per-token timestep 0, loss
    only on generated tokens), object tokens weighted up (the black background is learned first and is
-   almost every token), 10% caption dropout for classifier-free guidance. ``--dit-ema 0.999`` keeps an
-   exponential moving average of the weights and exports it (resuming a run's checkpoint with a longer
-   ``--dit-steps`` continues training on the stretched cosine schedule).
+   almost every token), 10% caption dropout for classifier-free guidance. The DiT adds a learned embedding
+   of each text token's absolute position (``caption_positions``): the small T5 learns context-free word
+   vectors, and without their places "a red circle ... and a blue square ..." does not say which is red.
+   ``--dit-ema 0.999`` keeps an exponential moving average of the weights and exports it (resuming a
+   run's checkpoint with a longer ``--dit-steps`` continues training on the stretched cosine schedule).
 4. Export: a diffusers pipeline folder (safetensors) with ``VidGenPipeline``.
 """
 
