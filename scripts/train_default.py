@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import T5Config, T5EncoderModel
 from transformers.models.t5.modeling_t5 import T5Attention
 
