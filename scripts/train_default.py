@@ -55,10 +55,11 @@ from vidgen.schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
 from vidgen.training.checkpoint import save_pipeline
 from vidgen.training.distributed import average_gradients
 
+MAX_TOKENS = 16  # tokenizer length of a caption (the longest Shapes caption has 13 tokens)
 # The DiT's trunk; its input channels and latent grid come from the VAE.
 DIT_CONFIG = dict(
     num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64, block_layout="full",
-    caption_positions=16,  # = MAX_TOKENS: the text encoder's words come without their place (see the DiT)
+    caption_positions=MAX_TOKENS,  # the text encoder's words come without their place (see the DiT)
 )
 T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
 # How finely the text encoder's attention tells word positions apart: (buckets, max distance) of T5's
@@ -68,7 +69,6 @@ T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
 # binding attributes to objects must go through chains of neighbours. "exact" gives every distance a
 # padded caption has (up to 15) its own bucket.
 TEXT_POSITIONS = {"coarse": (8, 128), "exact": (32, 16)}
-MAX_TOKENS = 16  # tokenizer length of a caption (the longest Shapes caption has 13 tokens)
 
 
 def parse_args():
@@ -177,11 +177,11 @@ def grown_block_order(old: int, new: int) -> list[int | None]:
     spread evenly between the trained ones: 5 -> 7 gives [0, 1, None, 2, None, 3, 4]."""
     if new < old:
         raise ValueError(f"--dit-layers must be at least the trained DiT's {old} blocks; got {new}")
-    after = [round((i + 1) * old / (new - old + 1)) for i in range(new - old)]  # trained blocks before each
+    k = new - old
+    after = [max(1, round((i + 1) * old / (k + 1))) for i in range(k)]  # trained blocks before each new one
     order = []
-    for i in range(old + 1):
-        order += [None] * after.count(i) if i else []
-        order += [i] if i < old else []
+    for i in range(old):
+        order += [i] + [None] * after.count(i + 1)
     return order
 
 

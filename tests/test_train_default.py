@@ -59,6 +59,7 @@ def test_grown_block_order_spreads_the_new_blocks(load_script):
     assert order(5, 7) == [0, 1, None, 2, None, 3, 4]
     assert order(2, 3) == [0, None, 1]
     assert order(4, 4) == [0, 1, 2, 3]
+    assert order(2, 8) == [0, None, None, None, None, None, 1, None]  # more new blocks than trained ones
     with pytest.raises(ValueError, match="--dit-layers"):
         order(5, 4)
 
