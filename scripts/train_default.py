@@ -21,6 +21,9 @@ Stages (each skipped when its output exists; a killed run resumes from its last 
    almost every token), 10% caption dropout for classifier-free guidance. The DiT adds a learned embedding
    of each text token's absolute position (``caption_positions``): the small T5 learns context-free word
    vectors, and without their places "a red circle ... and a blue square ..." does not say which is red.
+   ``--text-grounding W`` adds a phrase loss on the text encoder (``grounding_loss``): every word of an
+   object's phrase must tell, through a linear head, that object's color, shape and motion. Trained only
+   on the DiT's loss, the encoder spreads each object's motion over both objects' words.
    ``--dit-ema 0.999`` keeps an exponential moving average of the weights and exports it (resuming a
    run's checkpoint with a longer ``--dit-steps`` continues training on the stretched cosine schedule).
 4. Export: a diffusers pipeline folder (safetensors) with ``VidGenPipeline``.
@@ -58,7 +61,11 @@ from vidgen.training.distributed import average_gradients
 MAX_TOKENS = 16  # tokenizer length of a caption (the longest Shapes caption has 13 tokens)
 # The DiT's trunk; its input channels and latent grid come from the VAE.
 DIT_CONFIG = dict(
-    num_layers=5, num_attention_heads=3, attention_head_dim=64, caption_channels=64, block_layout="full",
+    num_layers=5,
+    num_attention_heads=3,
+    attention_head_dim=64,
+    caption_channels=64,
+    block_layout="full",
     caption_positions=MAX_TOKENS,  # the text encoder's words come without their place (see the DiT)
 )
 T5_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
@@ -126,6 +133,11 @@ def parse_args():
         "--init-from", default=None,
         help="start from this pipeline folder: its VAE, DiT and text encoder (fresh optimizer and schedule); "
         "a different --text-positions keeps its function (the position bias is remapped)",
+    )  # fmt: skip
+    p.add_argument(
+        "--text-grounding", type=float, default=0.0,
+        help="weight of the text encoder's phrase loss: every word of an object's phrase predicts that "
+        "object's color, shape and motion (see phrase_targets; 0: off)",
     )  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export", default=None, help="write the pipeline folder here when training is done")
@@ -244,6 +256,47 @@ def clip_weights(tokens: torch.Tensor, two_object_share: float | None) -> torch.
         raise ValueError("--two-object-share needs both one-object and two-object clips in the cache")
     share = torch.where(two, two_object_share / two.sum(), (1 - two_object_share) / (~two).sum())
     return share.double()
+
+
+# What each word of a caption is grounded to: the object whose phrase it is in.
+GROUNDING = {"color": tuple(shapes.COLORS), "shape": shapes.SHAPES, "motion": shapes.MOTIONS}
+
+
+def phrase_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` caption ids -> ``(B, L, 3)``: for every word of an object's phrase ("a red circle moves
+    right"), the index of that object's color, shape and motion in ``GROUNDING``; -100 (ignored) on
+    "and", ``</s>``, padding and captions that are not the world's (the empty one of caption dropout)."""
+    tokenizer = word_tokenizer()
+    rows, inverse = torch.unique(tokens, dim=0, return_inverse=True)  # the cache repeats captions
+    labels = torch.full((len(rows), tokens.shape[1], len(GROUNDING)), -100, dtype=torch.long)
+    for r, ids in enumerate(rows):
+        words = [w for w in tokenizer.convert_ids_to_tokens(ids.tolist()) if w not in ("<pad>", "</s>")]
+        try:
+            objects = shapes.parse_caption(" ".join(words))
+        except ValueError:
+            continue
+        phrase = torch.tensor([w == "and" for w in words]).cumsum(0)  # which object each word describes
+        for k, obj in enumerate(objects):
+            where = torch.nonzero((phrase == k) & torch.tensor([w != "and" for w in words]))[:, 0]
+            attributes = (GROUNDING["color"].index(obj.color), GROUNDING["shape"].index(obj.shape))
+            labels[r, where] = torch.tensor([*attributes, GROUNDING["motion"].index(obj.motion)])
+    return labels[inverse]
+
+
+def grounding_loss(head: nn.Linear, text: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``head(text)`` (B, L, 15) against ``phrase_targets`` (B, L, 3), summed over the
+    three attributes. It makes every word of a phrase carry its object's attributes, so that the DiT's
+    cross-attention from an object's tokens to any word that names it (its color, its shape) also brings
+    back how it moves: the jointly trained encoder alone spreads each motion over both objects' words."""
+    logits = head(text).split([len(v) for v in GROUNDING.values()], dim=-1)
+    count = (targets[..., 0] >= 0).sum().clamp(min=1)  # a batch of dropped captions gives 0, not NaN
+    return (
+        sum(
+            F.cross_entropy(lg.flatten(0, 1), targets[..., i].flatten(), reduction="sum")
+            for i, lg in enumerate(logits)
+        )
+        / count
+    )
 
 
 def cosine_lr(step, total, peak, warmup=100):
@@ -373,8 +426,11 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     config = DIT_CONFIG | dict(num_layers=args.dit_layers)
     dit = VidGenTransformer3DModel(**config, in_channels=C, sample_size=(Fl, H, W))  # sized by the VAE
     t5 = T5EncoderModel(text_encoder_config(vocab_size, args.text_positions))
+    head = nn.Linear(t5.config.d_model, sum(len(v) for v in GROUNDING.values()))  # recipe only, not exported
     params = list(dit.parameters()) + list(t5.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    if args.text_grounding > 0:
+        opt.add_param_group({"params": list(head.parameters())})
     ckpt = run / "dit_ckpt"
     start, tensors, opt_state = latest_checkpoint(ckpt)
     if args.init_from and tensors is None:  # a resumed run has its own weights
@@ -382,6 +438,8 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     if tensors is not None:
         dit.load_state_dict(split_state(tensors, "dit."))
         t5.load_state_dict(split_state(tensors, "t5."))
+        if args.text_grounding > 0:
+            head.load_state_dict(split_state(tensors, "head."))
         opt.load_state_dict(opt_state)
     # An exponential moving average of the weights smooths the noise of small batches; it starts from
     # the weights it resumes with (a run continued from a checkpoint without one starts it there).
@@ -389,7 +447,8 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     if ema is not None and tensors is not None and "ema_step" in tensors:
         ema.shadow_params = [tensors[f"ema.{i}"].clone() for i in range(len(params))]
         ema.optimization_step = int(tensors["ema_step"])
-    dit, t5, opt = accelerator.prepare(dit, t5, opt)
+    dit, t5, head, opt = accelerator.prepare(dit, t5, head, opt)
+    grounded = phrase_targets(tokens) if args.text_grounding > 0 else None  # (n, L, 3)
     empty = tokens[0].clone()
     empty[:] = 0
     empty[0] = 1  # "" -> just </s>
@@ -405,7 +464,8 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
             idx = torch.multinomial(draw, args.dit_batch, replacement=True, generator=g)
         x0 = latents[idx]  # (B, C, F, H, W)
         ids = tokens[idx].clone()
-        ids[torch.rand(len(ids), generator=g) < 0.1] = empty  # caption dropout for CFG
+        dropped = torch.rand(len(ids), generator=g) < 0.1
+        ids[dropped] = empty  # caption dropout for CFG
         mask = torch.stack(
             [sample_default_training_mask((Fl, H, W), g, args.t2v_share) for _ in idx]
         )  # (B, F, H, W)
@@ -425,18 +485,30 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         target = pack(noise - x0).to(dev)
         w = weight.flatten(1)[..., None].to(dev)
         loss = (w * (v - target) ** 2).sum() / (w.sum() * C)
+        if grounded is not None:
+            targets = grounded[idx].masked_fill(dropped[:, None, None], -100)  # (B, L, 3)
+            ground = grounding_loss(head, text, targets.to(dev))
+            loss_total = loss + args.text_grounding * ground
+        else:
+            ground, loss_total = torch.zeros(()), loss
         opt.zero_grad()
-        accelerator.backward(loss)
+        accelerator.backward(loss_total)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()
         if ema is not None:
             ema.step(params)
         if step % 25 == 0 or step == args.dit_steps - 1:
-            log(run, "dit_log", {"step": step, "loss": loss.item(), "seconds": time.time() - tic})
-            print(f"dit step {step} loss {loss.item():.4f} ({time.time() - tic:.0f}s)", flush=True)
+            row = {"step": step, "loss": loss.item(), "seconds": time.time() - tic}
+            log(run, "dit_log", row | ({"grounding": ground.item()} if grounded is not None else {}))
+            print(
+                f"dit step {step} loss {loss.item():.4f} text {ground.item():.3f} ({row['seconds']:.0f}s)",
+                flush=True,
+            )
         if (step + 1) % args.checkpoint_every == 0:
             state = {f"dit.{k}": v for k, v in accelerator.unwrap_model(dit).state_dict().items()}
             state |= {f"t5.{k}": v for k, v in accelerator.unwrap_model(t5).state_dict().items()}
+            if grounded is not None:
+                state |= {f"head.{k}": v for k, v in accelerator.unwrap_model(head).state_dict().items()}
             if ema is not None:
                 state |= {f"ema.{i}": p for i, p in enumerate(ema.shadow_params)}
                 state["ema_step"] = torch.tensor(ema.optimization_step)

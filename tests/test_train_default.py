@@ -82,3 +82,41 @@ def test_a_deeper_dit_with_text_positions_starts_as_the_trained_one_and_its_new_
     assert new.attn1.to_out[0].weight.grad.abs().sum() > 0
     assert new.ff.net[2].weight.grad.abs().sum() > 0
     assert deeper.caption_position_embedding.grad.abs().sum() > 0
+
+
+def test_phrase_targets_ground_each_word_to_its_object(load_script):
+    recipe = load_script("train_default")
+    captions = ["a red circle moves right and a blue square stays still", "a cyan triangle moves up", ""]
+    ids = word_tokenizer()(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids
+    y = recipe.phrase_targets(ids)  # (3, 16, 3)
+    colors, shapes_, motions = (recipe.GROUNDING[k] for k in ("color", "shape", "motion"))
+    first = torch.tensor([colors.index("red"), shapes_.index("circle"), motions.index("right")])
+    second = torch.tensor([colors.index("blue"), shapes_.index("square"), motions.index("still")])
+    assert torch.equal(y[0, :5], first.expand(5, 3))  # "a red circle moves right"
+    assert (y[0, 5] == -100).all()  # "and"
+    assert torch.equal(y[0, 6:11], second.expand(5, 3))
+    assert (y[0, 11:] == -100).all()  # </s> and padding
+    assert torch.equal(
+        y[1, 0], torch.tensor([colors.index("cyan"), shapes_.index("triangle"), motions.index("up")])
+    )
+    assert (y[2] == -100).all()  # the empty caption of caption dropout
+
+
+def test_grounding_loss_falls_when_the_text_names_each_object(load_script):
+    recipe = load_script("train_default")
+    ids = word_tokenizer()(
+        ["a red circle moves right and a blue square stays still"], padding="max_length", max_length=16,
+        return_tensors="pt",
+    ).input_ids  # fmt: skip
+    targets = recipe.phrase_targets(ids)
+    head = torch.nn.Linear(15, 15, bias=False)
+    head.weight.data.copy_(torch.eye(15) * 20)
+    offsets = torch.tensor([0, len(recipe.GROUNDING["color"]), 10])  # one-hot of each attribute
+    onehot = torch.zeros(1, 16, 15)
+    valid = targets[0, :, 0] >= 0
+    for i in range(3):
+        onehot[0, valid, targets[0, valid, i] + offsets[i]] = 1
+    good = recipe.grounding_loss(head, onehot, targets)
+    bad = recipe.grounding_loss(head, onehot.roll(6, dims=1), targets)  # words swapped between objects
+    assert good < 1e-3 < bad
+    assert recipe.grounding_loss(head, onehot, torch.full_like(targets, -100)) == 0  # nothing to ground
