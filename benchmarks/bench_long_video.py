@@ -16,7 +16,7 @@ Methods:
 Prints, for each length, a table of every window's mean scores (held-out captions, fixed seeds), the
 speed table (streaming throughput and latency to the first frames on this machine), and with
 ``--results`` writes both tables and a PNG plot (count and color accuracy over time) into that
-Markdown file, replacing its previous long-video section.
+Markdown file, replacing its previous long-video section (the plot needs matplotlib: ``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
