@@ -275,11 +275,15 @@ def phrase_targets(tokens: torch.Tensor) -> torch.Tensor:
             objects = shapes.parse_caption(" ".join(words))
         except ValueError:
             continue
-        phrase = torch.tensor([w == "and" for w in words]).cumsum(0)  # which object each word describes
-        for k, obj in enumerate(objects):
-            where = torch.nonzero((phrase == k) & torch.tensor([w != "and" for w in words]))[:, 0]
-            attributes = (GROUNDING["color"].index(obj.color), GROUNDING["shape"].index(obj.shape))
-            labels[r, where] = torch.tensor([*attributes, GROUNDING["motion"].index(obj.motion)])
+        k = 0  # the object whose phrase this word is in
+        for j, word in enumerate(words):
+            if word == "and":
+                k += 1
+                continue
+            o = objects[k]
+            labels[r, j] = torch.tensor(
+                [GROUNDING[a].index(v) for a, v in zip(GROUNDING, (o.color, o.shape, o.motion))]
+            )
     return labels[inverse]
 
 
@@ -426,10 +430,11 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     config = DIT_CONFIG | dict(num_layers=args.dit_layers)
     dit = VidGenTransformer3DModel(**config, in_channels=C, sample_size=(Fl, H, W))  # sized by the VAE
     t5 = T5EncoderModel(text_encoder_config(vocab_size, args.text_positions))
-    head = nn.Linear(t5.config.d_model, sum(len(v) for v in GROUNDING.values()))  # recipe only, not exported
     params = list(dit.parameters()) + list(t5.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    head = None  # the phrase loss's head: trained with the text encoder, not exported
     if args.text_grounding > 0:
+        head = nn.Linear(t5.config.d_model, sum(len(v) for v in GROUNDING.values()))
         opt.add_param_group({"params": list(head.parameters())})
     ckpt = run / "dit_ckpt"
     start, tensors, opt_state = latest_checkpoint(ckpt)
@@ -438,7 +443,7 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     if tensors is not None:
         dit.load_state_dict(split_state(tensors, "dit."))
         t5.load_state_dict(split_state(tensors, "t5."))
-        if args.text_grounding > 0:
+        if head is not None:
             head.load_state_dict(split_state(tensors, "head."))
         opt.load_state_dict(opt_state)
     # An exponential moving average of the weights smooths the noise of small batches; it starts from
@@ -447,8 +452,10 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     if ema is not None and tensors is not None and "ema_step" in tensors:
         ema.shadow_params = [tensors[f"ema.{i}"].clone() for i in range(len(params))]
         ema.optimization_step = int(tensors["ema_step"])
-    dit, t5, head, opt = accelerator.prepare(dit, t5, head, opt)
-    grounded = phrase_targets(tokens) if args.text_grounding > 0 else None  # (n, L, 3)
+    dit, t5, opt = accelerator.prepare(dit, t5, opt)
+    if head is not None:
+        head = accelerator.prepare(head)
+        grounded = phrase_targets(tokens)  # (n, L, 3)
     empty = tokens[0].clone()
     empty[:] = 0
     empty[0] = 1  # "" -> just </s>
@@ -485,12 +492,11 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         target = pack(noise - x0).to(dev)
         w = weight.flatten(1)[..., None].to(dev)
         loss = (w * (v - target) ** 2).sum() / (w.sum() * C)
-        if grounded is not None:
+        loss_total, row = loss, {}
+        if head is not None:
             targets = grounded[idx].masked_fill(dropped[:, None, None], -100)  # (B, L, 3)
             ground = grounding_loss(head, text, targets.to(dev))
-            loss_total = loss + args.text_grounding * ground
-        else:
-            ground, loss_total = torch.zeros(()), loss
+            loss_total, row = loss + args.text_grounding * ground, {"grounding": ground.item()}
         opt.zero_grad()
         accelerator.backward(loss_total)
         accelerator.clip_grad_norm_(params, 1.0)
@@ -498,16 +504,13 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         if ema is not None:
             ema.step(params)
         if step % 25 == 0 or step == args.dit_steps - 1:
-            row = {"step": step, "loss": loss.item(), "seconds": time.time() - tic}
-            log(run, "dit_log", row | ({"grounding": ground.item()} if grounded is not None else {}))
-            print(
-                f"dit step {step} loss {loss.item():.4f} text {ground.item():.3f} ({row['seconds']:.0f}s)",
-                flush=True,
-            )
+            row = {"step": step, "loss": loss.item(), **row, "seconds": time.time() - tic}
+            log(run, "dit_log", row)
+            print("dit " + " ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
         if (step + 1) % args.checkpoint_every == 0:
             state = {f"dit.{k}": v for k, v in accelerator.unwrap_model(dit).state_dict().items()}
             state |= {f"t5.{k}": v for k, v in accelerator.unwrap_model(t5).state_dict().items()}
-            if grounded is not None:
+            if head is not None:
                 state |= {f"head.{k}": v for k, v in accelerator.unwrap_model(head).state_dict().items()}
             if ema is not None:
                 state |= {f"ema.{i}": p for i, p in enumerate(ema.shadow_params)}

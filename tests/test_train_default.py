@@ -111,7 +111,8 @@ def test_grounding_loss_falls_when_the_text_names_each_object(load_script):
     targets = recipe.phrase_targets(ids)
     head = torch.nn.Linear(15, 15, bias=False)
     head.weight.data.copy_(torch.eye(15) * 20)
-    offsets = torch.tensor([0, len(recipe.GROUNDING["color"]), 10])  # one-hot of each attribute
+    sizes = [len(v) for v in recipe.GROUNDING.values()]
+    offsets = torch.tensor([0, sizes[0], sizes[0] + sizes[1]])  # one-hot of each attribute
     onehot = torch.zeros(1, 16, 15)
     valid = targets[0, :, 0] >= 0
     for i in range(3):
