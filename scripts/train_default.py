@@ -24,6 +24,8 @@ Stages (each skipped when its output exists; a killed run resumes from its last 
    ``--text-grounding W`` adds a phrase loss on the text encoder (``grounding_loss``): every word of an
    object's phrase must tell, through a linear head, that object's color, shape and motion. Trained only
    on the DiT's loss, the encoder spreads each object's motion over both objects' words.
+   ``--attention-grounding W`` adds a binding loss on the DiT's text cross-attention (``binding_loss``):
+   the latent tokens of each object must attend to its own phrase rather than the other object's.
    ``--dit-ema 0.999`` keeps an exponential moving average of the weights and exports it (resuming a
    run's checkpoint with a longer ``--dit-steps`` continues training on the stretched cosine schedule).
 4. Export: a diffusers pipeline folder (safetensors) with ``VidGenPipeline``.
@@ -139,6 +141,14 @@ def parse_args():
         help="weight of the text encoder's phrase loss: every word of an object's phrase predicts that "
         "object's color, shape and motion (see phrase_targets; 0: off)",
     )  # fmt: skip
+    p.add_argument(
+        "--attention-grounding", type=float, default=0.0,
+        help="weight of the binding loss on the DiT's text cross-attention: an object's latent tokens "
+        "attend to its own phrase, not the other object's (see binding_loss; 0: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--attention-blocks", default="all", help="DiT blocks the binding loss watches, comma-separated"
+    )
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export", default=None, help="write the pipeline folder here when training is done")
     args = p.parse_args()
@@ -266,9 +276,20 @@ def phrase_targets(tokens: torch.Tensor) -> torch.Tensor:
     """``(B, L)`` caption ids -> ``(B, L, 3)``: for every word of an object's phrase ("a red circle moves
     right"), the index of that object's color, shape and motion in ``GROUNDING``; -100 (ignored) on
     "and", ``</s>``, padding and captions that are not the world's (the empty one of caption dropout)."""
+    return caption_phrases(tokens)[0]
+
+
+def word_objects(tokens: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` caption ids -> ``(B, L)``: which object's phrase each word is in (0 or 1); -1 elsewhere."""
+    return caption_phrases(tokens)[1]
+
+
+def caption_phrases(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``phrase_targets`` and ``word_objects`` of ``(B, L)`` caption ids, in one pass over the words."""
     tokenizer = word_tokenizer()
     rows, inverse = torch.unique(tokens, dim=0, return_inverse=True)  # the cache repeats captions
     labels = torch.full((len(rows), tokens.shape[1], len(GROUNDING)), -100, dtype=torch.long)
+    which = torch.full((len(rows), tokens.shape[1]), -1, dtype=torch.long)
     for r, ids in enumerate(rows):
         words = [w for w in tokenizer.convert_ids_to_tokens(ids.tolist()) if w not in ("<pad>", "</s>")]
         try:
@@ -284,7 +305,8 @@ def phrase_targets(tokens: torch.Tensor) -> torch.Tensor:
             labels[r, j] = torch.tensor(
                 [GROUNDING[a].index(v) for a, v in zip(GROUNDING, (o.color, o.shape, o.motion))]
             )
-    return labels[inverse]
+            which[r, j] = k
+    return labels[inverse], which[inverse]
 
 
 def grounding_loss(head: nn.Linear, text: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -301,6 +323,71 @@ def grounding_loss(head: nn.Linear, text: torch.Tensor, targets: torch.Tensor) -
         )
         / count
     )
+
+
+# Where each object's latent tokens look in the caption: the DiT's cross-attention.
+def object_token_masks(num_clips: int, temporal: int, spatial: int) -> torch.Tensor:
+    """``(n, 2, F, H, W)`` bool: the latent tokens each object of the cached clip ``sample_clip(i)``
+    touches (``shapes.object_tokens`` of its own pixel mask); slot 1 is empty for one-object clips."""
+    out = []
+    for seed in range(num_clips):
+        clip = shapes.sample_clip(seed)
+        masks = shapes.render_masks(clip.objects, clip.centers, clip.radii, *clip.frames.shape[1:3])
+        tokens = shapes.object_tokens(masks.transpose(1, 0, 2, 3), temporal, spatial)  # (K, F, H, W)
+        out.append(torch.cat([tokens, torch.zeros_like(tokens[:1])])[:2])
+    return torch.stack(out)
+
+
+class CrossAttentionProbe:
+    """Records the text cross-attention probabilities ``(B, heads, N, T)`` of chosen DiT blocks in every
+    forward pass, with gradients: hooks keep the outputs of ``attn2.to_q`` and ``attn2.to_k``, and
+    ``maps()`` normalises and scales them as the attention backend does (no text mask: training passes
+    none)."""
+
+    def __init__(self, dit: VidGenTransformer3DModel, blocks: list[int]):
+        self.attns = [dit.transformer_blocks[b].attn2 for b in blocks]
+        self.seen: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(len(blocks))}
+        for i, attn in enumerate(self.attns):
+            for name in ("to_q", "to_k"):
+                getattr(attn, name).register_forward_hook(self._keep(i, name))
+
+    def _keep(self, i: int, name: str):
+        def hook(module, inputs, output):
+            self.seen[i][name] = output
+
+        return hook
+
+    def maps(self) -> list[torch.Tensor]:
+        out = []
+        for i, attn in enumerate(self.attns):
+            q = attn.norm_q(self.seen[i]["to_q"].unflatten(-1, (attn.heads, -1)))  # (B, N, H, Dh)
+            k = attn.norm_k(self.seen[i]["to_k"].unflatten(-1, (attn.heads, -1)))  # (B, T, H, Dh)
+            logits = torch.einsum("bnhd,bthd->bhnt", q, k) / q.shape[-1] ** 0.5
+            out.append(logits.softmax(-1))  # (B, H, N, T)
+        return out
+
+
+def binding_loss(maps: list[torch.Tensor], words: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor):
+    """How much of an object's cross-attention to the two objects' phrases goes to the *other* phrase.
+
+    ``maps``: ``(B, H, N, T)`` probabilities per block; ``words``: ``(B, T)`` ``word_objects`` (0, 1, or
+    -1); ``tokens``: ``(B, N)`` the object each latent token belongs to (0, 1, or -1: background, both,
+    a one-object caption); ``weight``: ``(B, N)`` per-token weight. For a token of object k the loss is
+    ``-log(p_k / (p_0 + p_1))``, ``p_j`` its attention mass on the words of phrase j (mean over heads
+    and blocks): attention to "and", ``</s>`` or padding is free, only the wrong object's words cost.
+    Trained on the flow loss alone, the tokens of the red object read the blue object's words too and
+    then move as the blue one was told (the two-object direction errors of ``vidgen eval``)."""
+    phrase = torch.stack([(words == j).float() for j in (0, 1)], dim=-1)  # (B, T, 2)
+    w = weight * (tokens >= 0)  # (B, N)
+    if not w.any():
+        return maps[0].sum() * 0  # nothing to bind in this batch: 0 with a graph
+    own = tokens.clamp(min=0)[:, None, :, None]  # (B, 1, N, 1)
+    loss = 0
+    for p in maps:
+        mass = torch.einsum("bhnt,btj->bhnj", p, phrase) + 1e-6  # (B, H, N, 2)
+        share = mass.gather(-1, own.expand(*mass.shape[:3], 1))[..., 0] / mass.sum(-1)  # (B, H, N)
+        loss = loss + (-share.log().mean(1) * w).sum() / w.sum()
+    return loss / len(maps)
 
 
 def cosine_lr(step, total, peak, warmup=100):
@@ -411,13 +498,30 @@ def build_cache(args, run: Path, vae, tokenizer) -> dict:
     return cache
 
 
+@torch.no_grad()
+def token_objects(run: Path, cache: dict, vae) -> torch.Tensor:
+    """``(n, N)`` int8: which object each latent token of each cached clip belongs to (0 or 1; -1 for
+    the background and tokens both objects touch), for the binding loss; computed once per cache."""
+    n = len(cache["latents"])
+    path = run / f"token_objects_{n}.safetensors"
+    if path.exists():
+        return load_file(path)["token_objects"]
+    per = object_token_masks(n, vae.temporal_compression_ratio, vae.spatial_compression_ratio)
+    if not torch.equal(per.any(1), cache["objects"].bool()):
+        raise ValueError(f"the latent cache of {run} does not hold the clips sample_clip(0..{n - 1})")
+    one, two = per[:, 0] & ~per[:, 1], per[:, 1] & ~per[:, 0]
+    which = torch.where(one, 0, torch.where(two, 1, -1)).flatten(1).to(torch.int8)  # (n, F*H*W)
+    save_file({"token_objects": which}, path)
+    return which
+
+
 # --------------------------------------------------------------------------------------------------
 # Stage 3: the DiT and the text encoder, with VDT masks.
 def pack(x: torch.Tensor) -> torch.Tensor:  # (B, C, F, H, W) -> (B, N, C)
     return x.flatten(2).transpose(1, 2)
 
 
-def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size: int):
+def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size: int, vae):
     final = run / "dit"
     if (final / "transformer" / "config.json").exists():
         return (
@@ -452,6 +556,13 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     if ema is not None and tensors is not None and "ema_step" in tensors:
         ema.shadow_params = [tensors[f"ema.{i}"].clone() for i in range(len(params))]
         ema.optimization_step = int(tensors["ema_step"])
+    probe = None  # the binding loss reads the cross-attention of these blocks
+    if args.attention_grounding > 0:
+        blocks = (
+            range(args.dit_layers) if args.attention_blocks == "all" else args.attention_blocks.split(",")
+        )
+        probe = CrossAttentionProbe(dit, [int(b) for b in blocks])
+        object_of_token, object_of_word = token_objects(run, cache, vae), word_objects(tokens)
     dit, t5, opt = accelerator.prepare(dit, t5, opt)
     if head is not None:
         head = accelerator.prepare(head)
@@ -497,6 +608,13 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
             targets = grounded[idx].masked_fill(dropped[:, None, None], -100)  # (B, L, 3)
             ground = grounding_loss(head, text, targets.to(dev))
             loss_total, row = loss + args.text_grounding * ground, {"grounding": ground.item()}
+        if probe is not None:
+            words = object_of_word[idx].masked_fill(dropped[:, None], -1)  # (B, L)
+            two = (words == 1).any(1, keepdim=True)  # only two-object captions have something to bind
+            owner = object_of_token[idx].long().masked_fill(~two, -1)  # (B, N)
+            clean = 1 - t_tok / 1000  # (B, N): the noisier a token, the less it can know its object
+            bind = binding_loss(probe.maps(), words.to(dev), owner.to(dev), clean.to(dev))
+            loss_total, row = loss_total + args.attention_grounding * bind, row | {"binding": bind.item()}
         opt.zero_grad()
         accelerator.backward(loss_total)
         accelerator.clip_grad_norm_(params, 1.0)
@@ -540,7 +658,7 @@ def main():
     cache = build_cache(args, run, vae, tokenizer)  # 2. latents, once
     if args.stop_after == "cache":
         return
-    dit, t5 = train_dit(args, run, accelerator, cache, len(tokenizer))  # 3. DiT + text encoder
+    dit, t5 = train_dit(args, run, accelerator, cache, len(tokenizer), vae)  # 3. DiT + text encoder
 
     if args.export:  # 4. the pipeline folder
         dit.register_to_config(sample_frame_rate=float(shapes.FPS))

@@ -1,11 +1,13 @@
-"""The default model's recipe: starting from a trained pipeline with other text positions, and the
-two-object share of the clips it draws."""
+"""The default model's recipe: starting from a trained pipeline with other text positions, the
+two-object share of the clips it draws, and the text encoder's and the cross-attention's grounding losses."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import T5EncoderModel
 
 from vidgen import VidGenTransformer3DModel
+from vidgen.data import shapes
 from vidgen.data.text import word_tokenizer
 from vidgen.testing import randomize_, tiny_transformer
 
@@ -121,3 +123,63 @@ def test_grounding_loss_falls_when_the_text_names_each_object(load_script):
     bad = recipe.grounding_loss(head, onehot.roll(6, dims=1), targets)  # words swapped between objects
     assert good < 1e-3 < bad
     assert recipe.grounding_loss(head, onehot, torch.full_like(targets, -100)) == 0  # nothing to ground
+
+
+def test_word_objects_name_the_phrase_of_each_word(load_script):
+    recipe = load_script("train_default")
+    captions = ["a red circle moves right and a blue square stays still", "a cyan triangle moves up", ""]
+    ids = word_tokenizer()(captions, padding="max_length", max_length=16, return_tensors="pt").input_ids
+    which = recipe.word_objects(ids)  # (3, 16)
+    assert which[0].tolist() == [0] * 5 + [-1] + [1] * 5 + [-1] * 5  # "and", </s> and padding: -1
+    assert which[1].tolist() == [0] * 5 + [-1] * 11
+    assert (which[2] == -1).all()
+
+
+def test_object_token_masks_split_the_cached_object_tokens_by_object(load_script):
+    recipe = load_script("train_default")
+    n = 12
+    per = recipe.object_token_masks(n, temporal=4, spatial=8)  # (n, 2, 5, 8, 8)
+    _, captions, masks = shapes.render_training_batch(np.arange(n))
+    assert per.shape == (n, 2, 5, 8, 8)
+    assert torch.equal(per.any(1), shapes.object_tokens(masks, 4, 8))  # what the latent cache stores
+    two = torch.tensor([" and " in c for c in captions])
+    assert two.any() and (~two).any()
+    assert per[two, 1].flatten(1).any(1).all() and not per[~two, 1].any()  # slot 1: the second object
+
+
+def test_cross_attention_probe_records_the_attention_the_model_computes(load_script):
+    recipe = load_script("train_default")
+    dit = tiny_transformer(seed=4)
+    probe = recipe.CrossAttentionProbe(dit, [1])
+    attn = dit.transformer_blocks[1].attn2
+    seen = {}
+    attn.to_v.register_forward_hook(lambda m, i, o: seen.update(v=o.unflatten(-1, (attn.heads, -1))))
+    attn.to_out[0].register_forward_hook(lambda m, i, o: seen.update(o=i[0]))
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(2, 3 * 8 * 8, 8, generator=g), torch.randn(2, 5, 16, generator=g)
+    dit(x, text, torch.tensor([300.0, 700.0]), None, 3, 8, 8)
+    (p,) = probe.maps()  # (B, H, N, T)
+    assert p.shape == (2, 2, 192, 5)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2, 2, 192))
+    torch.testing.assert_close(torch.einsum("bhnt,bthd->bnhd", p, seen["v"]).flatten(-2), seen["o"])
+
+
+def test_binding_loss_costs_attention_to_the_other_objects_phrase(load_script):
+    recipe = load_script("train_default")
+    words = torch.tensor([[0, 0, -1, 1, 1, -1]])  # phrase 0, "and", phrase 1, </s>
+    tokens = torch.tensor([[0, 0, 1, -1]])  # two tokens of object 0, one of object 1, background
+    weight = torch.ones(1, 4)
+
+    def maps(rows):  # (1, 1, N, T) attention of each token
+        return [torch.tensor(rows, dtype=torch.float)[None, None]]
+
+    own = maps([[0.5, 0, 0.5, 0, 0, 0], [0, 0.4, 0, 0, 0, 0.6], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0]])
+    swapped = maps([[0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    half = maps([[0.5, 0, 0, 0.5, 0, 0]] * 3 + [[1, 0, 0, 0, 0, 0]])
+    assert recipe.binding_loss(own, words, tokens, weight) < 1e-4  # "and" and </s> are free
+    assert recipe.binding_loss(swapped, words, tokens, weight) > 10
+    torch.testing.assert_close(
+        recipe.binding_loss(half, words, tokens, weight), torch.tensor(0.6931), atol=1e-3, rtol=0
+    )
+    none = recipe.binding_loss(half, words, torch.full_like(tokens, -1), weight)
+    assert none == 0  # nothing to bind (one-object or dropped captions)
