@@ -562,11 +562,11 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
             range(args.dit_layers) if args.attention_blocks == "all" else args.attention_blocks.split(",")
         )
         probe = CrossAttentionProbe(dit, [int(b) for b in blocks])
-        object_of_token, object_of_word = token_objects(run, cache, vae), word_objects(tokens)
+        object_of_token = token_objects(run, cache, vae)  # (n, N)
+    grounded, object_of_word = caption_phrases(tokens)  # (n, L, 3), (n, L): one pass over the captions
     dit, t5, opt = accelerator.prepare(dit, t5, opt)
     if head is not None:
         head = accelerator.prepare(head)
-        grounded = phrase_targets(tokens)  # (n, L, 3)
     empty = tokens[0].clone()
     empty[:] = 0
     empty[0] = 1  # "" -> just </s>
