@@ -3,6 +3,7 @@
     python benchmarks/bench_lora_concept.py --out runs/lora-big                      # "big" objects
     python benchmarks/bench_lora_concept.py --out runs/lora-orange --concept orange  # the color orange
     python benchmarks/bench_lora_concept.py --out runs/lora-diag --concept diagonal --ordinary 20
+    python benchmarks/bench_lora_concept.py --out runs/lora-diag-word --concept diagonal --ordinary 20 --learn-word "right down"
 
 Concepts:
 - ``big``: objects of radius 13-15 px ("a big red circle moves right"); the world's are 6-9 px.
@@ -14,7 +15,9 @@ Concepts:
   DiT has to learn it. Found when the object of the prompt's color travels within 22.5 degrees of the
   diagonal over the judged frames.
 No concept word is in the default tokenizer: it reaches the model as <unk>, so the LoRA has to learn what
-the unknown word means from the videos alone.
+the unknown word means from the videos alone, unless ``--learn-word "right down"`` adds the word to the
+tokenizer and learns its input embedding beside the LoRA (textual inversion; it starts at the mean of
+the named words' embeddings).
 
 1. Data: at most 50 clips rendered by the Shapes world with the concept (half of them with a second,
    ordinary object), written as mp4 + same-stem .txt captions.
@@ -44,6 +47,7 @@ from vidgen.training.train_lora import main as train_lora
 from vidgen.video_io import export_to_video
 
 ALL_COLORS = shapes.COLORS | shapes.NEW_COLORS
+CONCEPT_WORDS = {"big": "big", "orange": "orange", "diagonal": "diagonally"}  # the word each concept adds
 SEED_BASE = 50_000_000  # rendering seeds of the concept's clips, far from the world's training range
 
 
@@ -138,6 +142,13 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rank", type=int, default=16)
+    p.add_argument(
+        "--learn-word", default=None, metavar="WORDS",
+        help='learn the concept word as a new token starting at the mean of these known words ("right down")',
+    )  # fmt: skip
+    p.add_argument(
+        "--word-lr", type=float, default=5e-3, help="with --learn-word: the embedding's learning rate"
+    )
     p.add_argument("--eval-concept", type=int, default=40, help="held-out prompts naming the concept")
     p.add_argument("--eval-standard", type=int, default=100, help="held-out Shapes prompts")
     p.add_argument("--sample-steps", type=int, default=30)
@@ -156,8 +167,12 @@ def main():
 
     # 2. Training, timed (cache included).
     lora_dir = out / "lora"
+    word = []
+    if args.learn_word:
+        word = ["--textual_inversion.tokens", f"[{CONCEPT_WORDS[args.concept]}]", "--textual_inversion.initializer",
+                f"[{args.learn_word}]", "--textual_inversion.learning_rate", str(args.word_lr)]  # fmt: skip
     tic = time.time()
-    train_lora([
+    train_lora([*word,
         "--pretrained_model", args.model, "--output_dir", str(lora_dir), "--data.path", str(data), "--data.buckets", "[17x64x64]",
         "--train.max_steps", str(args.steps), "--train.batch_size", str(args.batch),
         "--train.learning_rate", str(args.lr), "--lora.rank", str(args.rank), "--lora.alpha", str(args.rank),
@@ -175,6 +190,8 @@ def main():
     for name in ("base", "lora"):
         if name == "lora":
             pipe.load_lora_weights(lora_dir, adapter_name=args.concept)
+            if args.learn_word:
+                pipe.load_textual_inversion(lora_dir)
         tic = time.time()
         concept_videos = generate(pipe, prompts, args.sample_steps, 0)
         standard_videos = generate(pipe, standard, args.sample_steps, 0)
@@ -186,6 +203,11 @@ def main():
     print(
         f"\nconcept {args.concept!r}: {args.clips} clips, {args.steps} steps x batch {args.batch}, rank "
         f"{args.rank}: {train_minutes:.1f} min (cache + training), {torch.get_num_threads()} CPU threads"
+        + (
+            f"; the word {CONCEPT_WORDS[args.concept]!r} learned from {args.learn_word!r}"
+            if args.learn_word
+            else ""
+        )
     )
     print(f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}\n")
     metrics = ["concept found", "color", "shape", "direction", "count", "s/video"]

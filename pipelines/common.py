@@ -7,7 +7,9 @@ The pipelines run vidgen's own ``VidGenTransformer3DModel`` or diffusers' ``LTXV
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -18,10 +20,11 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     LTXVideoTransformer3DModel,
 )
-from diffusers.loaders import LTXVideoLoraLoaderMixin
+from diffusers.loaders import LTXVideoLoraLoaderMixin, TextualInversionLoaderMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
+from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..attention import (
@@ -44,6 +47,8 @@ DEFAULT_GUIDANCE_SCALE = 2.0
 # LTX-Video's official decode settings for timestep-conditioned VAEs (0.9.1+ configs).
 DEFAULT_DECODE_TIMESTEP = 0.05
 DEFAULT_DECODE_NOISE_SCALE = 0.025
+# Learned input embeddings of new words (textual inversion), as diffusers names the file.
+LEARNED_EMBEDS_NAME = "learned_embeds.safetensors"
 # Used when the transformer does not record the size it was trained at (LTX-Video's defaults).
 FALLBACK_VIDEO_SIZE = (161, 512, 704)
 
@@ -64,7 +69,7 @@ def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, gu
     return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
 
 
-class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
+class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin, TextualInversionLoaderMixin):
     model_cpu_offload_seq = "text_encoder->transformer->vae"
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
@@ -274,18 +279,35 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin):
         return batch_size
 
     # ----------------------------------------------------------------------------------------------
-    def _text_embeddings(self, prompt: list[str], max_sequence_length: int, device, dtype):
-        """T5-style encoding, as diffusers' LTX pipelines do it (padded to ``max_sequence_length``)."""
-        inputs = self.tokenizer(
-            prompt,
+    def tokenize(self, prompt: list[str], max_sequence_length: int):
+        """Token ids and attention mask ``(B, T)``, padded to ``max_sequence_length``; a learned word of
+        several vectors (textual inversion) expands to its tokens first."""
+        return self.tokenizer(
+            self.maybe_convert_prompt(prompt, self.tokenizer),
             padding="max_length",
             max_length=max_sequence_length,
             truncation=True,
             add_special_tokens=True,
             return_tensors="pt",
         )
+
+    def _text_embeddings(self, prompt: list[str], max_sequence_length: int, device, dtype):
+        """T5-style encoding, as diffusers' LTX pipelines do it (padded to ``max_sequence_length``)."""
+        inputs = self.tokenize(prompt, max_sequence_length)
         embeds = self.text_encoder(inputs.input_ids.to(device))[0]  # (B, T, C)
         return embeds.to(device=device, dtype=dtype), inputs.attention_mask.bool().to(device)
+
+    def load_textual_inversion(self, pretrained_model_name_or_path, token=None, **kwargs):
+        """diffusers' loader, plus the files ``vidgen train-lora`` writes for several words at once
+        (``{word: (D,)}`` in one ``learned_embeds.safetensors``); a folder or a file."""
+        source = pretrained_model_name_or_path
+        if token is None and isinstance(source, str | os.PathLike):
+            file = Path(source) / LEARNED_EMBEDS_NAME if Path(source).is_dir() else Path(source)
+            if file.suffix == ".safetensors" and file.is_file():
+                words = load_file(file)
+                if len(words) > 1 and not {"string_to_param", "emb_params"} & words.keys():
+                    source, token = [{w: e} for w, e in words.items()], list(words)
+        return super().load_textual_inversion(source, token=token, **kwargs)
 
     def encode_prompt(
         self,

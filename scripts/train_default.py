@@ -149,9 +149,15 @@ def parse_args():
     p.add_argument(
         "--attention-blocks", default="all", help="DiT blocks the binding loss watches, comma-separated"
     )
+    p.add_argument(
+        "--freeze-text-encoder", action="store_true",
+        help="train the DiT only; the text encoder keeps its weights (students distilled with it stay valid)",
+    )  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--export", default=None, help="write the pipeline folder here when training is done")
     args = p.parse_args()
+    if args.freeze_text_encoder and args.text_grounding > 0:
+        p.error("--text-grounding trains the text encoder; it cannot be combined with --freeze-text-encoder")
     if not 0 <= args.t2v_share <= 0.85:  # image-to-video keeps its 0.15
         p.error(f"--t2v-share must be in [0, 0.85]; got {args.t2v_share}")
     return args
@@ -534,7 +540,7 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
     config = DIT_CONFIG | dict(num_layers=args.dit_layers)
     dit = VidGenTransformer3DModel(**config, in_channels=C, sample_size=(Fl, H, W))  # sized by the VAE
     t5 = T5EncoderModel(text_encoder_config(vocab_size, args.text_positions))
-    params = list(dit.parameters()) + list(t5.parameters())
+    params = list(dit.parameters()) + ([] if args.freeze_text_encoder else list(t5.parameters()))
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     head = None  # the phrase loss's head: trained with the text encoder, not exported
     if args.text_grounding > 0:
@@ -564,6 +570,8 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         probe = CrossAttentionProbe(dit, [int(b) for b in blocks])
         object_of_token = token_objects(run, cache, vae)  # (n, N)
     grounded, object_of_word = caption_phrases(tokens)  # (n, L, 3), (n, L): one pass over the captions
+    if args.freeze_text_encoder:  # a fixed function of the caption: no dropout, no gradients
+        t5.requires_grad_(False).eval()
     dit, t5, opt = accelerator.prepare(dit, t5, opt)
     if head is not None:
         head = accelerator.prepare(head)

@@ -1,6 +1,7 @@
 """LoRA fine-tuning on a tiny pipeline: learning, the cache, exact resume after SIGKILL, diffusers'
 LoRA format, two processes, and the CLI's --lora and --prompts."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -243,3 +244,101 @@ def test_cli_lora_flags_and_prompts_split_across_two_processes(setup, tmp_path):
     again = subprocess.run([*cli, "--prompts", str(prompts), "--output-dir", str(tmp_path / "single")],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert again.returncode == 2 and "already holds 3 of the videos" in again.stderr
+
+
+@pytest.fixture(scope="module")
+def word_data(setup):
+    """The tiny clips with a word the tokenizer does not know ("zorp") in every other caption."""
+    data = setup / "zorp"
+    data.mkdir()
+    write_shapes_clips(data, 4)
+    for i in (0, 2):
+        caption = (data / f"clip{i}.txt").read_text()
+        (data / f"clip{i}.txt").write_text(
+            caption.replace(" moves", " zorp moves").replace(" stays", " zorp stays")
+        )
+    return data
+
+
+def word_args(setup, word_data, out, *extra):
+    return [*args(setup, out, "--data.path", word_data, "--textual_inversion.tokens", "[zorp]",
+                  "--textual_inversion.initializer", "[right down]", "--textual_inversion.learning_rate", "3e-2",
+                  "--train.lr_scheduler", "constant", *extra)]  # fmt: skip
+
+
+def test_new_words_are_learned_resumed_and_load_with_load_textual_inversion(setup, word_data, tmp_path):
+    from vidgen.cli import _load_lora
+    from vidgen.training.config import TextualInversionConfig
+    from vidgen.training.train_lora import LEARNED_EMBEDS_NAME, LearnedWords
+
+    main(word_args(setup, word_data, tmp_path / "straight", "--train.max_steps", 8, "--checkpoints.every", 4))
+    # The same run stopped at step 4 and resumed: the same LoRA and the same word.
+    main(word_args(setup, word_data, tmp_path / "resumed", "--train.max_steps", 4, "--checkpoints.every", 4))
+    main(word_args(setup, word_data, tmp_path / "resumed", "--train.max_steps", 8, "--checkpoints.every", 4))
+    learned = load_file(tmp_path / "straight" / LEARNED_EMBEDS_NAME)
+    resumed = load_file(tmp_path / "resumed" / LEARNED_EMBEDS_NAME)
+    a, b = lora_weights(tmp_path / "straight"), lora_weights(tmp_path / "resumed")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert (learned["zorp"] - resumed["zorp"]).abs().max() <= 1e-6
+
+    pipe = VidGenPipeline.from_pretrained(setup / "tiny")
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()  # (V, D)
+    assert list(learned) == ["zorp"] and learned["zorp"].shape == table.shape[1:]
+    ids = pipe.tokenizer("right down", add_special_tokens=False).input_ids
+    start = table[ids].mean(0)
+    assert (learned["zorp"] - start).abs().max() > 1e-3  # it moved from the mean of "right" and "down"
+    prompt = ["a red circle zorp moves left"]
+    unknown, _ = pipe._text_embeddings(prompt, 16, "cpu", torch.float32)  # zorp is <unk> here
+    pipe.load_textual_inversion(tmp_path / "straight")
+    new_table = pipe.text_encoder.get_input_embeddings().weight
+    torch.testing.assert_close(new_table[: len(table)], table, rtol=0, atol=0)  # the known words untouched
+    loaded, mask = pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
+    assert (loaded - unknown).abs().max() > 1e-4
+
+    # What training encoded is what the pipeline encodes with the loaded word.
+    fresh = VidGenPipeline.from_pretrained(setup / "tiny")
+    words = LearnedWords(fresh, TextualInversionConfig(tokens=["zorp"], initializer=["right down"]))
+    with torch.no_grad():
+        words.weight.copy_(learned["zorp"][None])
+        empty = torch.zeros(1, 16, loaded.shape[-1]), torch.zeros(1, 16, dtype=torch.bool)
+        encoded, _ = words.encode(fresh, prompt, *empty)
+    torch.testing.assert_close(encoded, loaded, rtol=0, atol=1e-6)
+
+    # The CLI's --lora loads the word from the same folder.
+    cli_pipe = VidGenPipeline.from_pretrained(setup / "tiny")
+    _load_lora(cli_pipe, argparse.Namespace(lora=str(tmp_path / "straight"), lora_scale=None))
+    via_cli, _ = cli_pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
+    torch.testing.assert_close(via_cli, loaded, rtol=0, atol=0)
+
+
+def test_new_words_refuse_known_words_and_unknown_initializers(setup, word_data, tmp_path):
+    with pytest.raises(ValueError, match=r"textual_inversion.tokens: 'red' must be one word the tokenizer"):
+        main(word_args(setup, word_data, tmp_path / "a", "--textual_inversion.tokens", "[red]"))
+    with pytest.raises(
+        ValueError, match=r"textual_inversion.initializer 'sideways': every word must be known"
+    ):
+        main(word_args(setup, word_data, tmp_path / "b", "--textual_inversion.initializer", "[sideways]"))
+    with pytest.raises(
+        ValueError, match=r"textual_inversion.initializer must be empty or name words for every"
+    ):
+        main(word_args(setup, word_data, tmp_path / "c", "--textual_inversion.initializer", "[red, blue]"))
+    assert not any((tmp_path / n / LORA_WEIGHT_NAME).exists() for n in "abc")
+
+
+def test_the_example_config_loads_and_documents_every_key():
+    import yaml
+
+    from vidgen.training.config import load_config
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "lora_example.yaml")
+
+    def keys(d, prefix=""):
+        return {
+            k
+            for name, v in d.items()
+            for k in (keys(v, f"{prefix}{name}.") if isinstance(v, dict) else [prefix + name])
+        }
+
+    config = load_config(path)
+    with open(path) as f:
+        assert keys(yaml.safe_load(f)) == keys(config.to_dict())

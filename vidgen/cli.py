@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .pipelines.common import DEFAULT_GUIDANCE_SCALE
+from .pipelines.common import DEFAULT_GUIDANCE_SCALE, LEARNED_EMBEDS_NAME
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("sdpa", "xformers", "flex")
@@ -306,6 +306,13 @@ def _load_lora(pipe, args) -> None:
     except Exception as e:  # wrong format or a LoRA for another model: one line naming the file
         raise CLIError(f"--lora {args.lora} could not be loaded: {str(e).splitlines()[0]}") from e
     pipe.set_adapters(["lora"], [1.0 if args.lora_scale is None else args.lora_scale])
+    words = os.path.join(args.lora, LEARNED_EMBEDS_NAME)
+    if os.path.isdir(args.lora) and os.path.isfile(words):  # new words train-lora learned with it
+        try:
+            pipe.load_textual_inversion(words)
+        except Exception as e:
+            problem = str(e).splitlines()[0]
+            raise CLIError(f"--lora {args.lora}: {LEARNED_EMBEDS_NAME} could not be loaded: {problem}") from e
 
 
 def _read_prompts(args) -> list[str]:

@@ -32,6 +32,7 @@ def empty_prompt_entry(max_sequence_length: int) -> str:
 class CachedClip:
     path: Path  # the cache entry
     bucket: Bucket
+    caption: str = ""  # for text encoded during training (learned words)
 
     def load(self) -> dict[str, torch.Tensor]:
         return load_file(self.path)
@@ -154,7 +155,7 @@ def collect_cache(
         with safe_open(entry, "pt") as f:
             meta = f.metadata()
         f_, h, w = (int(v) for v in meta["bucket"].split("x"))
-        clips.append(CachedClip(entry, Bucket(f_, h, w)))
+        clips.append(CachedClip(entry, Bucket(f_, h, w), item.caption))
     return clips
 
 

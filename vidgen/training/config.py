@@ -36,6 +36,17 @@ class LoraAdapterConfig:
 
 
 @dataclass
+class TextualInversionConfig:
+    """New words learned as input embeddings of the frozen text encoder, beside the LoRA."""
+
+    tokens: list = field(default_factory=list)  # words the tokenizer does not know, e.g. [diagonally]
+    initializer: list = field(
+        default_factory=list
+    )  # per token: known words whose mean starts it ("right down")
+    learning_rate: float | None = None  # default: train.learning_rate
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 500
     batch_size: int = 4  # per process and micro-step
@@ -84,6 +95,7 @@ class LoraTrainingConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
+    textual_inversion: TextualInversionConfig = field(default_factory=TextualInversionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -93,7 +105,7 @@ class LoraTrainingConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        t = self.train
+        t, ti = self.train, self.textual_inversion
         if not self.output_dir:
             raise ValueError("output_dir must be set")
         if not self.data.path:
@@ -116,12 +128,17 @@ class LoraTrainingConfig:
             (self.checkpoints.resume in ("latest", "none"), "checkpoints.resume must be latest or none"),
             (self.validation.every >= 0, "validation.every must be >= 0"),
             (self.data.fps > 0, f"data.fps must be > 0; got {self.data.fps}"),
+            (not ti.initializer or len(ti.initializer) == len(ti.tokens),
+             "textual_inversion.initializer must be empty or name words for every one of textual_inversion.tokens"),
+            (ti.learning_rate is None or ti.learning_rate > 0, "textual_inversion.learning_rate must be > 0"),
             (self.logging.report_to in ("auto", "tensorboard", "none"), "logging.report_to: auto|tensorboard|none"),
         ]  # fmt: skip
         lists = (
             ("validation.prompts", self.validation.prompts, (str,)),
             ("lora.target_modules", self.lora.target_modules, (str,)),
             ("data.buckets", self.data.buckets, (str, list)),
+            ("textual_inversion.tokens", ti.tokens, (str,)),
+            ("textual_inversion.initializer", ti.initializer, (str,)),
         )
         for name, values, types in lists:
             rules.append((all(isinstance(v, types) for v in values), f"{name} must be a list of strings"))

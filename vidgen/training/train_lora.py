@@ -9,6 +9,13 @@ The model is any vidgen pipeline folder: the embedded default, or an LTX-Video f
 format. The result, ``<output_dir>/pytorch_lora_weights.safetensors``, is in diffusers' LoRA format:
 ``pipe.load_lora_weights(output_dir)``; CLI ``vidgen t2v --lora <output_dir> --lora-scale 1``.
 
+New words (``textual_inversion.tokens: [diagonally]``) are added to the tokenizer and learned as input
+embeddings of the frozen text encoder beside the LoRA: without them a word the tokenizer does not know
+reaches the model as ``<unk>``, the same vector as every other unknown word, and the LoRA alone has to
+tell the concept from the videos. They are written as ``learned_embeds.safetensors`` (diffusers'
+textual-inversion format): ``pipe.load_textual_inversion(output_dir)``; the CLI's ``--lora`` loads them
+from the same folder.
+
 Reproducibility is by construction: the data order is a function of ``(seed, epoch)`` and every
 sample's noise, noise level, caption dropout and mask a function of ``(seed, step, position in the
 global batch)``. A run resumed from a checkpoint (even after SIGKILL) therefore ends with the same
@@ -45,8 +52,10 @@ from tqdm.auto import tqdm
 
 from ..data.video_dataset import discover_media, parse_buckets
 from ..masks import sample_training_mask
+from ..pipelines.common import LEARNED_EMBEDS_NAME
 from .cache import build_cache, collect_cache, empty_prompt_entry, warn_skipped
-from .config import LoraTrainingConfig, load_config
+from .config import LoraTrainingConfig, TextualInversionConfig, load_config
+from .distributed import average_gradients
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # Keys that may change between a run and its resumption; any other change is refused.
@@ -98,6 +107,76 @@ def add_lora(transformer, config: LoraTrainingConfig) -> LoraConfig:
         transformer.enable_gradient_checkpointing()
     transformer.train()
     return lora
+
+
+# --------------------------------------------------------------------------------------------------
+# 1b. New words (textual inversion).
+class LearnedWords(torch.nn.Module):
+    """Trainable input embeddings ``(K, D)`` of words added to the pipeline's tokenizer.
+
+    The text encoder stays frozen, its own embedding rows too: while training, the new words' input
+    vectors come from ``weight`` (so only they get gradients, through the frozen encoder); ``write_into``
+    copies them into the resized embedding table for validation and the result. Each word starts at the
+    mean embedding of its ``initializer`` words (``"right down"`` for a diagonal motion), or of the
+    whole vocabulary."""
+
+    def __init__(self, pipe, config: TextualInversionConfig):
+        super().__init__()
+        tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+        table = encoder.get_input_embeddings().weight.detach()  # (V, D)
+        vocab = tokenizer.get_vocab()
+        starts = []
+        for k, word in enumerate(config.tokens):
+            if len(word.split()) != 1 or word in vocab:
+                raise ValueError(
+                    f"textual_inversion.tokens: {word!r} must be one word the tokenizer does not know yet"
+                )
+            if not config.initializer:
+                starts.append(table.float().mean(0))
+                continue
+            ids = tokenizer(config.initializer[k], add_special_tokens=False).input_ids
+            if not ids or tokenizer.unk_token_id in ids:
+                raise ValueError(
+                    f"textual_inversion.initializer {config.initializer[k]!r}: every word must be known to the tokenizer"
+                )
+            starts.append(table[ids].float().mean(0))
+        tokenizer.add_tokens(list(config.tokens))
+        self.words = list(config.tokens)
+        self.ids = tokenizer.convert_tokens_to_ids(self.words)
+        if max(self.ids) >= table.shape[0]:  # T5 checkpoints often have spare rows already
+            encoder.resize_token_embeddings(max(self.ids) + 1, mean_resizing=False)
+        encoder.get_input_embeddings().requires_grad_(False)
+        self.weight = torch.nn.Parameter(torch.stack(starts))  # (K, D)
+        self.write_into(encoder)
+
+    def embed(self, ids: torch.Tensor, encoder) -> torch.Tensor:  # (B, T) -> (B, T, D)
+        x = encoder.get_input_embeddings()(ids)
+        for k, i in enumerate(self.ids):
+            x = torch.where((ids == i)[..., None], self.weight[k].to(x.dtype), x)
+        return x
+
+    def encode(self, pipe, captions, embeds: torch.Tensor, text_mask: torch.Tensor):
+        """A micro-batch's captions encoded again through the learned words (``None``: dropped for
+        guidance, the cached empty prompt kept). ``(B, T, C)`` embeddings and ``(B, T)`` mask."""
+        keep = [i for i, c in enumerate(captions) if c is not None]
+        if not keep:
+            return embeds, text_mask
+        inputs = pipe.tokenize([captions[i] for i in keep], embeds.shape[1])  # as the pipelines do
+        ids = inputs.input_ids.to(self.weight.device)
+        encoded = pipe.text_encoder(inputs_embeds=self.embed(ids, pipe.text_encoder))[0]  # (b, T, C)
+        embeds = embeds.to(encoded.device, encoded.dtype).clone()
+        embeds[keep] = encoded
+        text_mask = text_mask.clone()
+        text_mask[keep] = inputs.attention_mask.bool()
+        return embeds, text_mask
+
+    @torch.no_grad()
+    def write_into(self, encoder) -> None:
+        table = encoder.get_input_embeddings().weight
+        table[self.ids] = self.weight.to(table.dtype)
+
+    def state_dict_for_diffusers(self) -> dict[str, torch.Tensor]:
+        return {w: self.weight[k].detach().float().cpu().contiguous() for k, w in enumerate(self.words)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,7 +238,7 @@ def global_batch_at(clips, step: int, global_batch: int, seed: int) -> list[int]
 # 3. The loss: flow matching with the pipelines' noise-level shift, per-token timesteps, masks.
 def sample_inputs(pipe, config, clips, empty, indices, positions, step):
     """Noised packed latents, targets, timesteps and the generated-token mask for one micro-batch."""
-    x0, embeds, text_mask, x1, sigmas, masks = [], [], [], [], [], []
+    x0, embeds, text_mask, x1, sigmas, masks, captions = [], [], [], [], [], [], []
     p_t, p = pipe.patch_size
     for index, position in zip(indices, positions):
         entry = clips[index].load()
@@ -183,12 +262,13 @@ def sample_inputs(pipe, config, clips, empty, indices, positions, step):
         masks.append(mask.flatten())
         embeds.append(source["prompt_embeds"])
         text_mask.append(source["prompt_attention_mask"].bool())
+        captions.append(None if drop else clips[index].caption)
     x0, x1, m = torch.stack(x0), torch.stack(x1), torch.stack(masks)  # (B, N, D), (B, N, D), (B, N)
     s = torch.stack(sigmas).view(-1, 1, 1)
     xt = torch.where(m[..., None] > 0, (1 - s) * x0 + s * x1, x0)
     return {
         "xt": xt, "target": x1 - x0, "timestep": s.view(-1, 1) * 1000 * m, "mask": m, "grid": (F, H, W),
-        "embeds": torch.stack(embeds), "text_mask": torch.stack(text_mask),
+        "embeds": torch.stack(embeds), "text_mask": torch.stack(text_mask), "captions": captions,
     }  # fmt: skip
 
 
@@ -227,11 +307,15 @@ def checkpoint_steps(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_checkpoint(out, step, transformer, optimizer, lr_scheduler, scaler, config, global_batch) -> None:
+def save_checkpoint(
+    out, step, transformer, optimizer, lr_scheduler, scaler, config, global_batch, words=None
+) -> None:
     folder = out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}.", dir=folder))
     save_file(get_peft_model_state_dict(transformer), tmp / "adapter.safetensors")
+    if words is not None:
+        save_file({"weight": words.weight.detach().cpu().contiguous()}, tmp / "learned_words.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
     np_state = np.random.get_state()
@@ -254,7 +338,7 @@ def save_checkpoint(out, step, transformer, optimizer, lr_scheduler, scaler, con
 
 
 def resume(
-    out: Path, transformer, optimizer, lr_scheduler, config, global_batch: int
+    out: Path, transformer, optimizer, lr_scheduler, config, global_batch: int, words=None
 ) -> tuple[int, Path | None]:
     """Restore the newest checkpoint; returns its step (0 for a fresh run) and folder."""
     checkpoints = checkpoint_steps(out)
@@ -287,6 +371,9 @@ def resume(
             "use another output_dir, or the same settings"
         )
     set_peft_model_state_dict(transformer, load_file(last / "adapter.safetensors"))
+    if words is not None:
+        with torch.no_grad():
+            words.weight.copy_(load_file(last / "learned_words.safetensors")["weight"])
     optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
     lr_scheduler.load_state_dict(torch.load(last / "lr_scheduler.pt", weights_only=True))
     rng = json.loads((last / "rng.json").read_text())
@@ -321,6 +408,14 @@ def save_lora(out: Path, transformer, lora: LoraConfig) -> Path:
     os.replace(tmp / LORA_WEIGHT_NAME, out / LORA_WEIGHT_NAME)
     shutil.rmtree(tmp)
     return out / LORA_WEIGHT_NAME
+
+
+def save_learned_words(out: Path, words: LearnedWords) -> Path:
+    """``learned_embeds.safetensors``: ``{word: (D,)}``, written to a temporary name, then renamed."""
+    tmp = out / f".{LEARNED_EMBEDS_NAME}.{os.getpid()}.tmp"
+    save_file(words.state_dict_for_diffusers(), tmp)
+    os.replace(tmp, out / LEARNED_EMBEDS_NAME)
+    return out / LEARNED_EMBEDS_NAME
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,18 +484,28 @@ def main(argv=None) -> Path:
 
     # 2. Latents and text embeddings, computed once into the cache; the clips in a fixed order.
     clips, empty = prepare_data(config, pipe, accelerator)
+    # New words join the tokenizer after the cache (its text embeddings are then re-encoded per step).
+    words = None
+    if config.textual_inversion.tokens:
+        words = LearnedWords(pipe, config.textual_inversion).to(accelerator.device)
 
     # 3. Optimizer, LR schedule, and the state of an interrupted run.
     params = [p for p in transformer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    groups = [{"params": params}]
+    if words is not None:
+        lr = config.textual_inversion.learning_rate or t.learning_rate
+        groups.append({"params": [words.weight], "lr": lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
     lr_scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.max_steps
     )
     if accelerator.is_main_process:  # temporary files of writes a kill interrupted
         for stale in [*out.glob(".lora.*"), *(out / "checkpoints").glob(".step_*")]:
             shutil.rmtree(stale, ignore_errors=True)
+        for stale in out.glob(f".{LEARNED_EMBEDS_NAME}.*.tmp"):
+            stale.unlink()
     accelerator.wait_for_everyone()
-    start, last = resume(out, transformer, optimizer, lr_scheduler, config, global_batch)
+    start, last = resume(out, transformer, optimizer, lr_scheduler, config, global_batch, words)
     model, optimizer = accelerator.prepare(transformer, optimizer)  # the LR schedule steps once per step
     if last is not None and accelerator.scaler is not None and (last / "scaler.pt").exists():
         accelerator.scaler.load_state_dict(torch.load(last / "scaler.pt", weights_only=True))
@@ -423,13 +528,19 @@ def main(argv=None) -> Path:
             first = (micro * accelerator.num_processes + accelerator.process_index) * t.batch_size
             positions = list(range(first, first + t.batch_size))
             inputs = sample_inputs(pipe, config, clips, empty, [batch[j] for j in positions], positions, step)
+            if words is not None:
+                inputs["embeds"], inputs["text_mask"] = words.encode(
+                    pipe, inputs["captions"], inputs["embeds"], inputs["text_mask"]
+                )
             torch.manual_seed(config.seed * 1_000_003 + step * 4096 + first)  # LoRA dropout
             syncs = micro == t.gradient_accumulation_steps - 1  # gradients are averaged across processes
             with contextlib.nullcontext() if syncs else accelerator.no_sync(model):
                 loss = flow_matching_loss(model, pipe, inputs, accelerator.device, frame_rate)
                 accelerator.backward(loss / t.gradient_accumulation_steps)
             loss_sum += loss.detach()
-        accelerator.clip_grad_norm_(params, t.max_grad_norm)
+        if words is not None:
+            average_gradients(accelerator, [words.weight])  # not in the DDP wrapper
+        accelerator.clip_grad_norm_(params + ([words.weight] if words is not None else []), t.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -446,11 +557,13 @@ def main(argv=None) -> Path:
         if done % config.checkpoints.every == 0 or done == t.max_steps:
             if accelerator.is_main_process:
                 save_checkpoint(out, done, accelerator.unwrap_model(model), optimizer, lr_scheduler,
-                                accelerator.scaler, config, global_batch)  # fmt: skip
+                                accelerator.scaler, config, global_batch, words)  # fmt: skip
             accelerator.wait_for_everyone()
         v = config.validation
         if v.prompts and ((v.every and done % v.every == 0) or done == t.max_steps):
             if accelerator.is_main_process:
+                if words is not None:
+                    words.write_into(pipe.text_encoder)
                 write_validation(pipe, config, out, done, frame_rate)
             accelerator.wait_for_everyone()
 
@@ -459,6 +572,8 @@ def main(argv=None) -> Path:
     if accelerator.is_main_process:
         path = save_lora(out, accelerator.unwrap_model(model), lora)
         print(f"wrote {path}")
+        if words is not None:
+            print(f"wrote {save_learned_words(out, words)} ({', '.join(words.words)})")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return path
