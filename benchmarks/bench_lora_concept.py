@@ -149,6 +149,9 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument(
+        "--target-modules", default=None, help="comma-separated LoRA target modules (default: the trainer's)"
+    )
+    p.add_argument(
         "--learn-word", default=None, metavar="WORDS",
         help='learn the concept word as a new token starting at the mean of these known words ("right down")',
     )  # fmt: skip
@@ -173,12 +176,14 @@ def main():
 
     # 2. Training, timed (cache included).
     lora_dir = out / "lora"
-    word = []
+    extra = []
     if args.learn_word:
-        word = ["--textual_inversion.tokens", f"[{CONCEPT_WORDS[args.concept]}]", "--textual_inversion.initializer",
-                f"[{args.learn_word}]", "--textual_inversion.learning_rate", str(args.word_lr)]  # fmt: skip
+        extra = ["--textual_inversion.tokens", f"[{CONCEPT_WORDS[args.concept]}]", "--textual_inversion.initializer",
+                 f"[{args.learn_word}]", "--textual_inversion.learning_rate", str(args.word_lr)]  # fmt: skip
+    if args.target_modules:
+        extra += ["--lora.target_modules", f"[{args.target_modules}]"]
     tic = time.time()
-    train_lora([*word,
+    train_lora([*extra,
         "--pretrained_model", args.model, "--output_dir", str(lora_dir), "--data.path", str(data), "--data.buckets", "[17x64x64]",
         "--train.max_steps", str(args.steps), "--train.batch_size", str(args.batch),
         "--train.learning_rate", str(args.lr), "--lora.rank", str(args.rank), "--lora.alpha", str(args.rank),
@@ -214,6 +219,7 @@ def main():
             if args.learn_word
             else ""
         )
+        + (f"; LoRA on {args.target_modules}" if args.target_modules else "")
     )
     print(f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}\n")
     metrics = ["concept found", "color", "shape", "direction", "count", "s/video"]

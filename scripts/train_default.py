@@ -26,6 +26,8 @@ Stages (each skipped when its output exists; a killed run resumes from its last 
    on the DiT's loss, the encoder spreads each object's motion over both objects' words.
    ``--attention-grounding W`` adds a binding loss on the DiT's text cross-attention (``binding_loss``):
    the latent tokens of each object must attend to its own phrase rather than the other object's.
+   ``--freeze-text-encoder`` trains the DiT alone (a causal student distilled with the text encoder
+   keeps working with the result).
    ``--dit-ema 0.999`` keeps an exponential moving average of the weights and exports it (resuming a
    run's checkpoint with a longer ``--dit-steps`` continues training on the stretched cosine schedule).
 4. Export: a diffusers pipeline folder (safetensors) with ``VidGenPipeline``.

@@ -342,3 +342,18 @@ def test_the_example_config_loads_and_documents_every_key():
     config = load_config(path)
     with open(path) as f:
         assert keys(yaml.safe_load(f)) == keys(config.to_dict())
+
+
+def test_load_textual_inversion_reads_a_file_of_several_words(setup, tmp_path):
+    from safetensors.torch import save_file
+
+    pipe = VidGenPipeline.from_pretrained(setup / "tiny")
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()  # (V, D)
+    words = {"zorp": torch.randn(table.shape[1]), "blick": torch.randn(table.shape[1])}
+    save_file(words, tmp_path / "learned_embeds.safetensors")
+    pipe.load_textual_inversion(tmp_path)  # the folder, as train-lora leaves it
+    new_table = pipe.text_encoder.get_input_embeddings().weight
+    for word, vector in words.items():
+        (i,) = pipe.tokenizer("a " + word, add_special_tokens=False).input_ids[1:]
+        torch.testing.assert_close(new_table[i], vector, rtol=0, atol=0)
+    torch.testing.assert_close(new_table[: len(table)], table, rtol=0, atol=0)
