@@ -36,9 +36,7 @@ def timed(fn, repeats=3):
 # --------------------------------------------------------------------------------------------------
 def kernels(args):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; B=2 (guidance), 3 heads x 64\n")
-    print(
-        "| pattern | grid (F, H, W) | tokens | kept pairs | dense SDPA ms | gather ms | speed-up | max abs diff |"
-    )
+    print("| pattern | grid (F, H, W) | tokens | kept pairs | dense SDPA ms | gather ms | speed-up | max abs diff |")
     print("|---|---|---|---|---|---|---|---|")
     g = torch.Generator().manual_seed(0)
     for grid in [(5, 32, 32), (9, 32, 32), (5, 64, 64)]:
@@ -57,15 +55,9 @@ def kernels(args):
                 pattern = window_pattern(grid, (8, 8), True, (4, 8))
             else:
                 pattern = draft_pattern(q, k, tile_tokens(grid, cfg.tile), cfg)
-            t_sparse, out = timed(
-                lambda p=pattern, q=q, k=k, v=v: sparse_attention(q, k, v, p, "gather"), repeats=2
-            )
+            t_sparse, out = timed(lambda p=pattern, q=q, k=k, v=v: sparse_attention(q, k, v, p, "gather"), repeats=2)
             kept = float(pattern.kept_fraction().mean())
-            diff = (
-                ""
-                if cfg is None
-                else f"{(out - sparse_attention(q, k, v, pattern, 'reference')).abs().max():.1e}"
-            )
+            diff = "" if cfg is None else f"{(out - sparse_attention(q, k, v, pattern, 'reference')).abs().max():.1e}"
             print(
                 f"| {name} | {grid} | {n} | {kept:.3f} | {t_dense * 1e3:.0f} | {t_sparse * 1e3:.0f} | "
                 f"{t_dense / t_sparse:.2f}x | {diff} |"
@@ -85,9 +77,7 @@ def draft(args):
     pipe.set_progress_bar_config(disable=True)
     clips = evaluation_set(args.prompts)
     size = args.size
-    call = dict(
-        height=size, width=size, num_inference_steps=args.steps, output_type="np", frame_rate=shapes.FPS
-    )
+    call = dict(height=size, width=size, num_inference_steps=args.steps, output_type="np", frame_rate=shapes.FPS)
 
     def run(configure):
         configure()
@@ -110,9 +100,7 @@ def draft(args):
         else:
             videos, seconds = run(lambda s=sparsity: pipe.enable_draft_attention(sparsity=s))
         pipe.disable_draft_attention()
-        quality = np.mean(
-            [psnr(to_native(a), to_native(b)) for a, b in zip(videos, dense_videos, strict=True)]
-        )
+        quality = np.mean([psnr(to_native(a), to_native(b)) for a, b in zip(videos, dense_videos, strict=True)])
         scores = summarize([read_video(to_native(v), c.caption) for v, c in zip(videos, clips, strict=True)])
         print(
             f"| {name} | {seconds:.1f} | {dense_s / seconds:.2f}x | {'-' if sparsity is None else f'{quality:.1f}'} | "
@@ -126,24 +114,16 @@ def freeswim(args):
     pipe.set_progress_bar_config(disable=True)
     clips = evaluation_set(args.prompts)
     common = dict(num_inference_steps=args.steps, frame_rate=shapes.FPS)
-    print(
-        f"default model (trained at 64x64), 17 frames, {args.steps} steps, guidance 3, {len(clips)} prompts\n"
-    )
+    print(f"default model (trained at 64x64), 17 frames, {args.steps} steps, guidance 3, {len(clips)} prompts\n")
     print("| size | method | s / video | count | color | shape | direction |")
     print("|---|---|---|---|---|---|---|")
     methods = {
-        "direct (dense)": lambda c, s, g: pipe(
-            c, height=s, width=s, generator=g, output_type="pt", **common
-        ).frames[0],
-        "upscale + SDEdit, dense": lambda c, s, g: generate_high_resolution(
-            pipe, c, s, s, generator=g, **common
-        ),
+        "direct (dense)": lambda c, s, g: pipe(c, height=s, width=s, generator=g, output_type="pt", **common).frames[0],
+        "upscale + SDEdit, dense": lambda c, s, g: generate_high_resolution(pipe, c, s, s, generator=g, **common),
         "FreeSwim, from noise": lambda c, s, g: generate_high_resolution(
             pipe, c, s, s, recipe="noise", generator=g, **common
         ),
-        "FreeSwim, upscale recipe": lambda c, s, g: generate_high_resolution(
-            pipe, c, s, s, generator=g, **common
-        ),
+        "FreeSwim, upscale recipe": lambda c, s, g: generate_high_resolution(pipe, c, s, s, generator=g, **common),
     }
     for size in args.sizes:
         for name, method in methods.items():

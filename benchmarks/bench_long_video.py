@@ -63,9 +63,7 @@ def teacher_sliding(pipe, masked, caption, num_frames, seed, steps, given=5):
 
 def causal(pipe, caption, num_frames, seed):
     g = torch.Generator().manual_seed(seed)
-    return pipe(caption, num_frames=num_frames, generator=g, output_type="np", frame_rate=shapes.FPS).frames[
-        0
-    ]
+    return pipe(caption, num_frames=num_frames, generator=g, output_type="np", frame_rate=shapes.FPS).frames[0]
 
 
 def window_table(results: dict, length: int) -> str:
@@ -111,23 +109,14 @@ def speed_table(pipe, masked, students: dict, teacher_steps: int, length: int) -
     ]
     pipe(caption, num_inference_steps=2, output_type="np")  # warm-up
     tic = time.perf_counter()
-    pipe(
-        caption,
-        num_inference_steps=teacher_steps,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    )
+    pipe(caption, num_inference_steps=teacher_steps, output_type="np", generator=torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - tic
     n = pipe.default_video_size[0]
-    lines.append(
-        f"| teacher ({teacher_steps} steps, guidance 3) | {n} frames | {n / seconds:.1f} | {seconds:.2f} |  |"
-    )
+    lines.append(f"| teacher ({teacher_steps} steps, guidance 3) | {n} frames | {n / seconds:.1f} | {seconds:.2f} |  |")
     tic = time.perf_counter()
     teacher_sliding(pipe, masked, caption, length, 0, teacher_steps)
     seconds = time.perf_counter() - tic
-    lines.append(
-        f"| teacher-sliding ({teacher_steps} steps) | {length} frames | {length / seconds:.1f} | (17 frames first) |  |"
-    )
+    lines.append(f"| teacher-sliding ({teacher_steps} steps) | {length} frames | {length / seconds:.1f} | (17 frames first) |  |")
     for name, ar in students.items():
         list(ar.stream(caption, num_frames=17))  # warm-up
         tic = time.perf_counter()
@@ -135,9 +124,7 @@ def speed_table(pipe, masked, students: dict, teacher_steps: int, length: int) -
         for _ in ar.stream(caption, num_frames=length, generator=torch.Generator().manual_seed(0)):
             first = first or time.perf_counter() - tic
         seconds = time.perf_counter() - tic
-        lines.append(
-            f"| {name} (4 steps, streaming) | {length} frames | {length / seconds:.1f} | {first:.3f} |  |"
-        )
+        lines.append(f"| {name} (4 steps, streaming) | {length} frames | {length / seconds:.1f} | {first:.3f} |  |")
     return "\n".join(lines)
 
 
@@ -153,12 +140,7 @@ def plot(all_results: dict, path: Path) -> None:
     for ax, metric in zip(axes, ("count", "color", "background")):
         for method, rows in results.items():
             starts = [w["start"] for w in rows[0]]
-            ax.plot(
-                starts,
-                [np.mean([v[w][metric] for v in rows]) for w in range(len(starts))],
-                marker="o",
-                label=method,
-            )
+            ax.plot(starts, [np.mean([v[w][metric] for v in rows]) for w in range(len(starts))], marker="o", label=method)
         ax.set_xlabel("window start (frame)")
         ax.set_title(f"{metric} ({'%' if metric != 'background' else '0-255'}), {length} frames")
         ax.grid(alpha=0.3)
@@ -189,9 +171,7 @@ def main():
     pipe = VidGenPipeline.from_pretrained(args.model)
     masked = VidGenMaskedVideoPipeline.from_pipe(pipe)
     students = {}
-    student_vae = (
-        VidGenVideoAutoencoder.from_pretrained(args.streaming_vae) if args.streaming_vae else pipe.vae
-    )
+    student_vae = VidGenVideoAutoencoder.from_pretrained(args.streaming_vae) if args.streaming_vae else pipe.vae
     student_text = pipe.text_encoder
     if args.student_text_encoder:
         student_text = T5EncoderModel.from_pretrained(args.student_text_encoder).eval()

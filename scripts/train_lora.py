@@ -1,6 +1,6 @@
 """LoRA fine-tuning, for ``accelerate launch``: the same trainer as ``vidgen train-lora``.
 
-accelerate launch scripts/train_lora.py --config configs/lora_example.yaml [--train.max_steps 300]
+    accelerate launch scripts/train_lora.py --config configs/lora_example.yaml [--train.max_steps 300]
 """
 
 from vidgen.training.train_lora import main

@@ -206,9 +206,7 @@ def test_causal_components_pair_the_student_with_the_text_encoder_it_was_distill
     student_text = tiny_t5(len(components["tokenizer"]), seed=5)
     student_text.save_pretrained(tmp_path / CAUSAL_TEXT_ENCODER_SUBFOLDER)
     parts = causal_components(tmp_path)
-    assert (
-        set(parts) == {"transformer", "text_encoder"} and parts["transformer"].config.causal_chunk_size == 1
-    )
+    assert set(parts) == {"transformer", "text_encoder"} and parts["transformer"].config.causal_chunk_size == 1
     pipe = VidGenAutoregressivePipeline.from_pretrained(tmp_path, **parts)
     ids = torch.arange(2, 8)[None]
     with torch.no_grad():

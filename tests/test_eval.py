@@ -96,9 +96,7 @@ def test_evaluate_passes_the_guidance_scale_to_every_task(monkeypatch):
 
     def spy(self, latents, timestep, prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale, *a, **k):
         seen.append((type(self).__name__, guidance_scale))
-        return predict(
-            self, latents, timestep, prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale, *a, **k
-        )
+        return predict(self, latents, timestep, prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale, *a, **k)
 
     monkeypatch.setattr(common.VidGenPipelineBase, "predict_velocity", spy)
     evaluate(pipe, ("t2v", "i2v", "predict"), n=1, steps=1, guidance_scale=5.0)
@@ -115,9 +113,7 @@ def test_evaluate_by_objects_splits_one_and_two_object_captions():
 
     pipe = VidGenPipeline(**tiny_components())
     pipe.set_progress_bar_config(disable=True)
-    results = evaluate(
-        pipe, ("t2v", "predict"), n=4, steps=1, by_objects=True
-    )  # clips alternate 1, 2 objects
+    results = evaluate(pipe, ("t2v", "predict"), n=4, steps=1, by_objects=True)  # clips alternate 1, 2 objects
     assert list(results) == [
         "t2v", "t2v, 1 object", "t2v, 2 objects", "predict", "predict, 1 object", "predict, 2 objects"
     ]  # fmt: skip
@@ -126,7 +122,5 @@ def test_evaluate_by_objects_splits_one_and_two_object_captions():
         # two videos of each kind: per-video metrics average the halves; per-object ones weigh 2 : 4
         assert whole["count"] == pytest.approx((one["count"] + two["count"]) / 2)
         assert whole["color"] == pytest.approx((2 * one["color"] + 4 * two["color"]) / 6)
-    whole, one, two = (
-        results[k]["centroid_error_px"] for k in ("predict", "predict, 1 object", "predict, 2 objects")
-    )
+    whole, one, two = (results[k]["centroid_error_px"] for k in ("predict", "predict, 1 object", "predict, 2 objects"))
     assert whole == pytest.approx((one + two) / 2)

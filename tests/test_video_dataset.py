@@ -59,10 +59,7 @@ def test_metadata_files_with_named_or_default_columns(tmp_path, kind):
 
 
 def test_bucket_rules_name_the_stride():
-    assert parse_buckets(["17x64x64", [1, 32, 64], "17x64x64"], 4, 8) == [
-        Bucket(1, 32, 64),
-        Bucket(17, 64, 64),
-    ]
+    assert parse_buckets(["17x64x64", [1, 32, 64], "17x64x64"], 4, 8) == [Bucket(1, 32, 64), Bucket(17, 64, 64)]
     with pytest.raises(ValueError, match=r"k\*4 \+ 1.*try 17"):
         parse_buckets(["16x64x64"], 4, 8)
     with pytest.raises(ValueError, match="multiples of 8"):
@@ -94,9 +91,7 @@ def test_frames_are_sampled_at_the_target_fps_and_center_cropped(tmp_path):
     wide = np.zeros((1, 32, 96, 3), np.uint8)
     wide[:, :, 40:56] = 255
     PIL.Image.fromarray(wide[0]).save(tmp_path / "wide.png")
-    frames, _ = load_clip(
-        MediaItem(tmp_path / "wide.png", "x"), [Bucket(1, 32, 32), Bucket(17, 32, 32)], fps=8
-    )
+    frames, _ = load_clip(MediaItem(tmp_path / "wide.png", "x"), [Bucket(1, 32, 32), Bucket(17, 32, 32)], fps=8)
     assert frames.shape == (1, 32, 32, 3)
     assert frames[0, :, 8:24].min() > 200 and frames[0, :, :6].max() < 30
 
@@ -117,9 +112,7 @@ def test_bad_and_short_files_are_skipped_with_a_reason(tmp_path):
 def test_config_file_overrides_and_errors(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("output_dir: out\ndata:\n  path: d\ntrain:\n  learning_rate: 1e-4\n")
-    config = load_config(
-        path, ["--train.max_steps", "7", "--lora.target_modules", "[to_q, to_v]", "--seed=3"]
-    )
+    config = load_config(path, ["--train.max_steps", "7", "--lora.target_modules", "[to_q, to_v]", "--seed=3"])
     assert config.train.learning_rate == 1e-4 and config.train.max_steps == 7 and config.seed == 3
     assert config.lora.target_modules == ["to_q", "to_v"]
     for overrides, message in (
