@@ -76,7 +76,8 @@ def clip_key(item: MediaItem, buckets: list[Bucket], fps: float, max_sequence_le
     return _digest(identity, item.caption, [str(b) for b in buckets], fps, max_sequence_length)
 
 
-def _write_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+def write_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """A safetensors file written to a temporary name beside ``path``, then renamed."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
     os.replace(tmp, path)
@@ -113,7 +114,7 @@ def build_cache(
         process_index == 0 and not (folder / empty_prompt_entry(max_sequence_length)).exists()
     ):  # for caption dropout
         embeds, mask = pipe._text_embeddings([""], max_sequence_length, device, pipe.text_encoder.dtype)
-        _write_atomic({"prompt_embeds": embeds[0].cpu(), "prompt_attention_mask": mask[0].to(torch.uint8).cpu()},
+        write_atomic({"prompt_embeds": embeds[0].cpu(), "prompt_attention_mask": mask[0].to(torch.uint8).cpu()},
                       folder / empty_prompt_entry(max_sequence_length))  # fmt: skip
     problems = []
     for i, item in enumerate(items):
@@ -135,7 +136,7 @@ def build_cache(
             "prompt_embeds": embeds[0].cpu(),
             "prompt_attention_mask": mask[0].to(torch.uint8).cpu(),
         }
-        _write_atomic(tensors, entry, metadata={"bucket": str(bucket), "source": item.path.name})
+        write_atomic(tensors, entry, metadata={"bucket": str(bucket), "source": item.path.name})
         if progress is not None:
             progress(item)
     return folder, problems

@@ -40,9 +40,7 @@ class TextualInversionConfig:
     """New words learned as input embeddings of the frozen text encoder, beside the LoRA."""
 
     tokens: list = field(default_factory=list)  # words the tokenizer does not know, e.g. [diagonally]
-    initializer: list = field(
-        default_factory=list
-    )  # per token: known words whose mean starts it ("right down")
+    initializer: list = field(default_factory=list)  # per token: known words to start from ("right down")
     learning_rate: float | None = None  # default: train.learning_rate
 
 

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from ..data.video_dataset import discover_media, parse_buckets
 from ..masks import sample_training_mask
 from ..pipelines.common import LEARNED_EMBEDS_NAME
-from .cache import build_cache, collect_cache, empty_prompt_entry, warn_skipped
+from .cache import build_cache, collect_cache, empty_prompt_entry, warn_skipped, write_atomic
 from .config import LoraTrainingConfig, TextualInversionConfig, load_config
 from .distributed import average_gradients
 
@@ -412,9 +412,7 @@ def save_lora(out: Path, transformer, lora: LoraConfig) -> Path:
 
 def save_learned_words(out: Path, words: LearnedWords) -> Path:
     """``learned_embeds.safetensors``: ``{word: (D,)}``, written to a temporary name, then renamed."""
-    tmp = out / f".{LEARNED_EMBEDS_NAME}.{os.getpid()}.tmp"
-    save_file(words.state_dict_for_diffusers(), tmp)
-    os.replace(tmp, out / LEARNED_EMBEDS_NAME)
+    write_atomic(words.state_dict_for_diffusers(), out / LEARNED_EMBEDS_NAME)
     return out / LEARNED_EMBEDS_NAME
 
 
@@ -495,6 +493,7 @@ def main(argv=None) -> Path:
     if words is not None:
         lr = config.textual_inversion.learning_rate or t.learning_rate
         groups.append({"params": [words.weight], "lr": lr, "weight_decay": 0.0})
+    trainable = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
     lr_scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.max_steps
@@ -540,7 +539,7 @@ def main(argv=None) -> Path:
             loss_sum += loss.detach()
         if words is not None:
             average_gradients(accelerator, [words.weight])  # not in the DDP wrapper
-        accelerator.clip_grad_norm_(params + ([words.weight] if words is not None else []), t.max_grad_norm)
+        accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
