@@ -158,6 +158,12 @@ def main():
     p.add_argument(
         "--word-lr", type=float, default=5e-3, help="with --learn-word: the embedding's learning rate"
     )
+    p.add_argument(
+        "--motion-weight", type=float, default=0.0, help="train.motion_weight: loss weight on moving tokens"
+    )
+    p.add_argument(
+        "--logit-mean", type=float, default=None, help="train.timestep_sampling logit_normal with this mean"
+    )
     p.add_argument("--eval-concept", type=int, default=40, help="held-out prompts naming the concept")
     p.add_argument("--eval-standard", type=int, default=100, help="held-out Shapes prompts")
     p.add_argument("--sample-steps", type=int, default=30)
@@ -182,6 +188,9 @@ def main():
                  f"[{args.learn_word}]", "--textual_inversion.learning_rate", str(args.word_lr)]  # fmt: skip
     if args.target_modules:
         extra += ["--lora.target_modules", f"[{args.target_modules}]"]
+    if args.logit_mean is not None:
+        extra += ["--train.timestep_sampling", "logit_normal", "--train.logit_mean", str(args.logit_mean)]
+    extra += ["--train.motion_weight", str(args.motion_weight)]
     tic = time.time()
     train_lora([*extra,
         "--pretrained_model", args.model, "--output_dir", str(lora_dir), "--data.path", str(data), "--data.buckets", "[17x64x64]",
@@ -220,6 +229,8 @@ def main():
             else ""
         )
         + (f"; LoRA on {args.target_modules}" if args.target_modules else "")
+        + (f"; motion weight {args.motion_weight:g}" if args.motion_weight else "")
+        + (f"; noise levels logit-normal, mean {args.logit_mean:g}" if args.logit_mean is not None else "")
     )
     print(f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}\n")
     metrics = ["concept found", "color", "shape", "direction", "count", "s/video"]

@@ -357,3 +357,49 @@ def test_load_textual_inversion_reads_a_file_of_several_words(setup, tmp_path):
         (i,) = pipe.tokenizer("a " + word, add_special_tokens=False).input_ids[1:]
         torch.testing.assert_close(new_table[i], vector, rtol=0, atol=0)
     torch.testing.assert_close(new_table[: len(table)], table, rtol=0, atol=0)
+
+
+def test_motion_weights_rise_on_moving_tokens_and_stay_1_where_nothing_moves():
+    from vidgen.training.train_lora import motion_weights
+
+    background, thing = torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0.0, 3.0, 3.0, 0.0])
+    x = background.repeat(3, 4, 1)  # (F, H*W, D) on a (3, 2, 2) grid
+    for frame, token in enumerate((0, 1, 3)):  # the thing moves 0 -> 1 -> 3; token 2 never changes
+        x[frame, token] = thing
+    w = motion_weights(x.flatten(0, 1), (3, 2, 2), 8.0).view(3, 4)
+    assert torch.all(w[:, 2] == 1) and w.max() == 9
+    assert w[1, 0] == w[1, 1] == 9 and w[0, 2] == 1  # where it left and where it arrived
+    still = background.repeat(12, 1) + 0.01 * torch.randn(12, 4)
+    assert torch.all(motion_weights(still.repeat(3, 1), (3, 2, 2), 8.0) == 1)  # a still clip: no weight
+    assert torch.all(motion_weights(x.flatten(0, 1), (3, 2, 2), 0.0) == 1)
+
+
+def test_the_loss_is_the_weighted_mean_over_generated_tokens():
+    from types import SimpleNamespace
+
+    from vidgen.training.train_lora import flow_matching_loss
+
+    target = torch.randn(2, 6, 3)
+    mask = torch.tensor([[1, 1, 1, 0, 1, 1], [0, 1, 1, 1, 1, 1]], dtype=torch.float)
+    weight = torch.tensor([[1, 9, 1, 1, 5, 1], [1, 1, 1, 1, 1, 2]], dtype=torch.float)
+    batch = {"xt": target, "target": target, "timestep": torch.zeros(2, 6), "mask": mask, "weight": weight,
+             "grid": (1, 2, 3), "embeds": torch.zeros(2, 1, 4), "text_mask": torch.ones(2, 1)}  # fmt: skip
+    model = lambda hidden_states, **k: (torch.zeros_like(hidden_states),)  # noqa: E731
+    pipe = SimpleNamespace(transformer_extra_kwargs=lambda frame_rate: {})
+    loss = flow_matching_loss(model, pipe, batch, "cpu", 8.0)
+    per_token, m = (target**2).mean(-1), mask * weight
+    assert torch.allclose(loss, ((per_token * m).sum(1) / m.sum(1)).mean())
+    assert not torch.allclose(loss, ((per_token * mask).sum(1) / mask.sum(1)).mean())
+
+
+def test_noise_level_sampling_and_motion_weight_train_and_refuse_bad_values(setup, tmp_path):
+    main(args(setup, tmp_path / "a", "--train.max_steps", 2, "--train.timestep_sampling", "logit_normal",
+              "--train.logit_mean", 1.0, "--train.motion_weight", 4))  # fmt: skip
+    assert len(lora_weights(tmp_path / "a")) > 0
+    with pytest.raises(
+        ValueError, match="train.timestep_sampling must be one of uniform, logit_normal, mode"
+    ):
+        main(args(setup, tmp_path / "b", "--train.timestep_sampling", "cosine"))
+    with pytest.raises(ValueError, match=r"train.motion_weight must be >= 0; got -1.0"):
+        main(args(setup, tmp_path / "c", "--train.motion_weight", -1))
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+TIMESTEP_SAMPLING = ("uniform", "logit_normal", "mode")
 DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 
@@ -59,6 +60,14 @@ class TrainConfig:
     caption_dropout: float = 0.1
     first_frame_p: float = 0.0  # share of samples trained as image-to-video (latent frame 0 given)
     vdt_mask_p: float = 0.0  # share of samples trained with VDT's random task masks
+    # Noise levels: u in (0, 1) drawn by diffusers' compute_density_for_timestep_sampling, then sent
+    # through the scheduler's shift. uniform | logit_normal (SD3: sigmoid of N(logit_mean, logit_std);
+    # a positive mean trains more at high noise, where layout and motion are decided) | mode.
+    timestep_sampling: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    motion_weight: float = 0.0  # extra loss weight on tokens whose clean latent changes between frames
 
 
 @dataclass
@@ -121,6 +130,10 @@ class LoraTrainingConfig:
             (0 <= t.caption_dropout <= 1, "train.caption_dropout must be in [0, 1]"),
             (0 <= t.first_frame_p <= 1, "train.first_frame_p must be in [0, 1]"),
             (0 <= t.vdt_mask_p <= 1 - t.first_frame_p, "train.vdt_mask_p must be in [0, 1 - first_frame_p]"),
+            (t.timestep_sampling in TIMESTEP_SAMPLING,
+             f"train.timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}; got {t.timestep_sampling!r}"),
+            (t.logit_std > 0, f"train.logit_std must be > 0; got {t.logit_std}"),
+            (t.motion_weight >= 0, f"train.motion_weight must be >= 0; got {t.motion_weight}"),
             (self.checkpoints.every >= 1, "checkpoints.every must be >= 1"),
             (self.checkpoints.keep_last >= 1, "checkpoints.keep_last must be >= 1"),
             (self.checkpoints.resume in ("latest", "none"), "checkpoints.resume must be latest or none"),

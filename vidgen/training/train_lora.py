@@ -45,6 +45,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, gather_object
 from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -236,9 +237,27 @@ def global_batch_at(clips, step: int, global_batch: int, seed: int) -> list[int]
 
 # --------------------------------------------------------------------------------------------------
 # 3. The loss: flow matching with the pipelines' noise-level shift, per-token timesteps, masks.
+def motion_weights(packed: torch.Tensor, grid, weight: float) -> torch.Tensor:
+    """Per-token loss weights ``1 + weight * change`` for ``(N, D)`` clean tokens on a ``(F, H, W)`` grid.
+
+    ``change`` is how far a token's clean latent moves from the previous frame (the next frame for the
+    first), over the clip's largest such move: 1 where content changes most, about 0 where the video
+    holds still. The reference is at least the clip's root-mean-square token norm, so a still clip keeps
+    weights near 1 rather than having its small noise scaled up. A motion is carried by a few tokens among
+    many still ones (a small object on a plain background); weighting them teaches the motion without
+    drowning it in the rest."""
+    if weight == 0 or grid[0] < 2:
+        return torch.ones(packed.shape[0])
+    x = packed.float().view(grid[0], -1, packed.shape[-1])  # (F, H*W, D)
+    diff = (x[1:] - x[:-1]).norm(dim=-1)  # (F-1, H*W)
+    change = torch.cat([diff[:1], diff])  # (F, H*W): frame f against f-1, frame 0 against 1
+    reference = torch.maximum(change.max(), x.pow(2).sum(-1).mean().sqrt()).clamp(min=1e-6)
+    return (1 + weight * change / reference).flatten()  # (N,)
+
+
 def sample_inputs(pipe, config, clips, empty, indices, positions, step):
     """Noised packed latents, targets, timesteps and the generated-token mask for one micro-batch."""
-    x0, embeds, text_mask, x1, sigmas, masks, captions = [], [], [], [], [], [], []
+    x0, embeds, text_mask, x1, sigmas, masks, weights, captions = [], [], [], [], [], [], [], []
     p_t, p = pipe.patch_size
     for index, position in zip(indices, positions):
         entry = clips[index].load()
@@ -257,9 +276,13 @@ def sample_inputs(pipe, config, clips, empty, indices, positions, step):
         packed = pipe.pack_latents(latents)[0]  # (N, D)
         x0.append(packed)
         x1.append(torch.randn(packed.shape, generator=g))
-        u = torch.rand((), generator=g).clamp(1e-4, 1 - 1e-4)
+        t = config.train
+        u = compute_density_for_timestep_sampling(
+            t.timestep_sampling, 1, t.logit_mean, t.logit_std, t.mode_scale, generator=g
+        )[0].clamp(1e-4, 1 - 1e-4)
         sigmas.append(pipe.scheduler.training_sigmas(u, packed.shape[0]))
         masks.append(mask.flatten())
+        weights.append(motion_weights(packed, grid, t.motion_weight))
         embeds.append(source["prompt_embeds"])
         text_mask.append(source["prompt_attention_mask"].bool())
         captions.append(None if drop else clips[index].caption)
@@ -268,7 +291,7 @@ def sample_inputs(pipe, config, clips, empty, indices, positions, step):
     xt = torch.where(m[..., None] > 0, (1 - s) * x0 + s * x1, x0)
     return {
         "xt": xt, "target": x1 - x0, "timestep": s.view(-1, 1) * 1000 * m, "mask": m, "grid": (F, H, W),
-        "embeds": torch.stack(embeds), "text_mask": torch.stack(text_mask), "captions": captions,
+        "weight": torch.stack(weights), "embeds": torch.stack(embeds), "text_mask": torch.stack(text_mask), "captions": captions,
     }  # fmt: skip
 
 
@@ -282,8 +305,8 @@ def flow_matching_loss(model, pipe, batch, device, frame_rate: float) -> torch.T
         num_frames=F, height=H, width=W, return_dict=False, **pipe.transformer_extra_kwargs(frame_rate),
     )[0].float()  # fmt: skip
     per_token = ((v - batch["target"].to(device)) ** 2).mean(-1)  # (B, N)
-    m = batch["mask"].to(device)
-    return ((per_token * m).sum(1) / m.sum(1).clamp(min=1)).mean()  # mean over samples: DDP-exact
+    m = batch["mask"].to(device) * batch["weight"].to(device)  # generated tokens, weighted
+    return ((per_token * m).sum(1) / m.sum(1).clamp(min=1e-8)).mean()  # mean over samples: DDP-exact
 
 
 # --------------------------------------------------------------------------------------------------
