@@ -31,6 +31,7 @@ from vidgen import HIERARCHICAL_SUBFOLDER, HierarchicalAdapter, VidGenHierarchic
 from vidgen.data import shapes
 from vidgen.eval import evaluate, evaluation_set, read_video, summarize
 from vidgen.pipelines import generate_high_resolution
+from vidgen.pipelines.common import DEFAULT_GUIDANCE_SCALE
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -48,7 +49,7 @@ def named_folders(specs: list[str]) -> dict[str, str]:
 def distill(args) -> str:
     models = named_folders(args.model)
     lines = [
-        f"text-to-video, {args.num} held-out captions, {args.steps} steps, guidance 3, "
+        f"text-to-video, {args.num} held-out captions, {args.steps} steps, guidance {DEFAULT_GUIDANCE_SCALE:g}, "
         f"{DEVICE}, {torch.get_num_threads()} CPU threads\n",
         "| model | latent tokens | DiT params (M) | color | shape | direction | count | s / video | speed-up |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -140,8 +141,9 @@ def hierarchical(args) -> str:
                 strength=strength, generator=g, **common,
             ).frames[0]
         )  # fmt: skip
+    methods = {name: m for name, m in methods.items() if name.split(",")[0].lower() in args.methods}
     lines = [
-        f"default model (trained at 64x64), 17 frames, guidance 3, {len(clips)} held-out captions, "
+        f"default model (trained at 64x64), 17 frames, guidance {DEFAULT_GUIDANCE_SCALE:g}, {len(clips)} held-out captions, "
         f"{DEVICE}, {torch.get_num_threads()} CPU threads\n",
         "| size | method | count | color | shape | direction | s / video | peak memory (MB) |",
         "|---|---|---|---|---|---|---|---|",
@@ -181,6 +183,10 @@ def main():
     p.add_argument("--low-steps", type=int, default=30, help="hierarchical: stage-one steps")
     p.add_argument("--high-steps", type=int, default=10, help="hierarchical: stage-two steps")
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0], help="hierarchical: stage-two starts")
+    p.add_argument(
+        "--methods", nargs="+", choices=("direct", "freeswim", "hierarchical"),
+        default=["direct", "freeswim", "hierarchical"], help="hierarchical: the methods to run",
+    )  # fmt: skip
     p.add_argument("--results", default=None, help="Markdown file to write the table into")
     args = p.parse_args()
     if args.part == "distill":
