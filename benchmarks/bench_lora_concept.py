@@ -164,6 +164,12 @@ def main():
     p.add_argument(
         "--logit-mean", type=float, default=None, help="train.timestep_sampling logit_normal with this mean"
     )
+    p.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16"),
+        default="no",
+        help="train.mixed_precision (bf16: CPUs with AMX)",
+    )
     p.add_argument("--eval-concept", type=int, default=40, help="held-out prompts naming the concept")
     p.add_argument("--eval-standard", type=int, default=100, help="held-out Shapes prompts")
     p.add_argument("--sample-steps", type=int, default=30)
@@ -191,6 +197,7 @@ def main():
     if args.logit_mean is not None:
         extra += ["--train.timestep_sampling", "logit_normal", "--train.logit_mean", str(args.logit_mean)]
     extra += ["--train.motion_weight", str(args.motion_weight)]
+    extra += ["--train.mixed_precision", args.mixed_precision]
     tic = time.time()
     train_lora([*extra,
         "--pretrained_model", args.model, "--output_dir", str(lora_dir), "--data.path", str(data), "--data.buckets", "[17x64x64]",
@@ -230,6 +237,7 @@ def main():
         )
         + (f"; LoRA on {args.target_modules}" if args.target_modules else "")
         + (f"; motion weight {args.motion_weight:g}" if args.motion_weight else "")
+        + (f"; mixed precision {args.mixed_precision}" if args.mixed_precision != "no" else "")
         + (f"; noise levels logit-normal, mean {args.logit_mean:g}" if args.logit_mean is not None else "")
     )
     print(f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}\n")

@@ -11,7 +11,9 @@ from vidgen import (
     CAUSAL_TEXT_ENCODER_SUBFOLDER,
     HIERARCHICAL_SUBFOLDER,
     STREAMING_VAE_SUBFOLDER,
+    HierarchicalAdapter,
     VidGenAutoregressivePipeline,
+    VidGenHierarchicalPipeline,
     VidGenImageToVideoPipeline,
     VidGenPipeline,
 )
@@ -90,3 +92,17 @@ def test_default_model_rolls_out_past_its_horizon_with_the_shipped_causal_studen
     assert all(ev.detect(f) for f in frames)  # objects on black in every frame, not noise or blank
     for window in ev.score_windows(frames, caption):
         assert window["color"] == 100.0 and window["background"] < 20  # the prompt's object, no over-exposure
+
+
+def test_default_model_ships_the_hierarchical_adapter_and_generates_above_its_size():
+    adapter = HierarchicalAdapter.from_pretrained(vidgen.DEFAULT_MODEL, subfolder=HIERARCHICAL_SUBFOLDER)
+    pipe = VidGenHierarchicalPipeline.from_pipe(_pipe(), hierarchical_adapter=adapter)
+    caption = "a green square moves left"
+    video = pipe(caption, height=128, width=128, num_inference_steps=10, high_res_inference_steps=4,
+                 output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]  # fmt: skip
+    assert video.shape == (17, 128, 128, 3)
+    small = torch.nn.functional.interpolate(torch.from_numpy(video).permute(0, 3, 1, 2), size=64, mode="area")
+    frames = (small.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    assert all(ev.detect(f) for f in frames)  # objects on black, not noise or blank
+    report = ev.read_video(frames, caption)
+    assert report.count_ok and report.per_object("color") == [True]  # one object, the prompt's color
