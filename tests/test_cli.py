@@ -178,3 +178,12 @@ def test_hierarchical_generates_above_the_model_size_with_the_adapter_subfolder(
         assert result.returncode == 2 and message in result.stderr, result.stderr
     result = vidgen("t2v", "--model", folder, "--prompt", "a", "--high-res-steps", 2, "--output", tmp_path / "z.mp4")
     assert result.returncode == 2 and "--high-res-steps applies with --hierarchical only" in result.stderr
+
+
+def test_hierarchical_with_the_embedded_default_needs_no_model_flag(tmp_path):
+    out = tmp_path / "big.mp4"
+    result = vidgen("t2v", "--prompt", "a red circle moves right", "--hierarchical", "--steps", 4,
+                    "--high-res-steps", 2, "--output", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    frames = load_video(out)
+    assert len(frames) == 17 and frames[0].size == (128, 128)  # twice the default's 64x64

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     t2v.add_argument(
         "--hierarchical", action="store_true",
         help="two stages: the model's size first, then --height x --width guided by its DiT features "
-        "(needs a hierarchical_adapter/ in the model folder)",
+        "(needs a hierarchical_adapter/ in the model folder; the embedded default ships one)",
     )  # fmt: skip
     t2v.add_argument(
         "--high-res-steps", type=_positive_int, default=None,
