@@ -171,6 +171,7 @@ def main():
         default="no",
         help="train.mixed_precision (bf16: CPUs with AMX)",
     )
+    p.add_argument("--train-seed", type=int, default=0, help="the trainer's seed (data order, noise, init)")
     p.add_argument("--eval-concept", type=int, default=40, help="held-out prompts naming the concept")
     p.add_argument("--eval-standard", type=int, default=100, help="held-out Shapes prompts")
     p.add_argument("--sample-steps", type=int, default=30)
@@ -198,7 +199,7 @@ def main():
     if args.logit_mean is not None:
         extra += ["--train.timestep_sampling", "logit_normal", "--train.logit_mean", str(args.logit_mean)]
     extra += ["--train.motion_weight", str(args.motion_weight)]
-    extra += ["--train.mixed_precision", args.mixed_precision]
+    extra += ["--train.mixed_precision", args.mixed_precision, "--seed", str(args.train_seed)]
     tic = time.time()
     train_lora([*extra,
         "--pretrained_model", args.model, "--output_dir", str(lora_dir), "--data.path", str(data), "--data.buckets", "[17x64x64]",
