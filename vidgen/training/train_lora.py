@@ -259,6 +259,7 @@ def sample_inputs(pipe, config, clips, empty, indices, positions, step):
     """Noised packed latents, targets, timesteps and the generated-token mask for one micro-batch."""
     x0, embeds, text_mask, x1, sigmas, masks, weights, captions = [], [], [], [], [], [], [], []
     p_t, p = pipe.patch_size
+    t = config.train
     for index, position in zip(indices, positions):
         entry = clips[index].load()
         g = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 65_537 + position)
@@ -267,16 +268,15 @@ def sample_inputs(pipe, config, clips, empty, indices, positions, step):
         grid = (F // p_t, H // p, W // p)  # the token grid
         r = float(torch.rand((), generator=g))
         mask = torch.ones(grid)  # 1 = generate, 0 = given (kept clean at timestep 0)
-        if grid[0] > 1 and r < config.train.first_frame_p:
+        if grid[0] > 1 and r < t.first_frame_p:
             mask[0] = 0  # image-to-video: the first latent frame is given
-        elif grid[0] > 1 and r < config.train.first_frame_p + config.train.vdt_mask_p:
+        elif grid[0] > 1 and r < t.first_frame_p + t.vdt_mask_p:
             mask = sample_training_mask(grid, g)[1]
-        drop = float(torch.rand((), generator=g)) < config.train.caption_dropout
+        drop = float(torch.rand((), generator=g)) < t.caption_dropout
         source = empty if drop else entry
         packed = pipe.pack_latents(latents)[0]  # (N, D)
         x0.append(packed)
         x1.append(torch.randn(packed.shape, generator=g))
-        t = config.train
         u = compute_density_for_timestep_sampling(
             t.timestep_sampling, 1, t.logit_mean, t.logit_std, t.mode_scale, generator=g
         )[0].clamp(1e-4, 1 - 1e-4)
