@@ -33,7 +33,7 @@ CAUSAL_SUBFOLDER = "transformer_causal"
 embedded default does; the CLI's ``--autoregressive`` loads it from there)."""
 STREAMING_VAE_SUBFOLDER = "vae_streaming"
 """Where a pipeline folder keeps a VAE with the same encoder and a small, fast decoder for streaming
-(``scripts/train_streaming_decoder.py``); ``--autoregressive`` uses it when present."""
+(``scripts/train_decoder.py``); ``--autoregressive`` uses it when present."""
 CAUSAL_TEXT_ENCODER_SUBFOLDER = "text_encoder_causal"
 """Where a pipeline folder keeps the text encoder its causal student was distilled with, when the
 folder's own ``text_encoder`` was trained further afterwards: the student reads that encoder's

@@ -80,6 +80,21 @@ def test_pixel_guidance_moves_the_predicted_clean_video_onto_the_given_frames(pi
     assert torch.equal(v_new[:, :64], v[:, :64])  # given tokens (t = 0) untouched
 
 
+@pytest.mark.parametrize("min_sigma", [0.0, 0.5, 1.0])
+def test_pixel_guidance_steers_only_down_to_its_noise_level(pipe, clip, monkeypatch, min_sigma):
+    steered = []
+    guidance = type(pipe).pixel_guidance
+
+    def spy(self, latents, v, token_t, *args):
+        steered.append(float(token_t.max()) / 1000)
+        return guidance(self, latents, v, token_t, *args)
+
+    monkeypatch.setattr(type(pipe), "pixel_guidance", spy)
+    _run(pipe, clip, task="interpolate", every=4, pixel_guidance_min_sigma=min_sigma)
+    sigmas = [float(t) / 1000 for t in pipe.scheduler.timesteps]  # the 2 steps' noise levels
+    assert steered == [s for s in sigmas if s >= min_sigma]
+
+
 def test_explicit_completion_mask(pipe, clip):
     mask = torch.zeros(5, 8, 8)
     mask[:, 2:6, 2:6] = 1  # generate a square hole in every frame
@@ -101,5 +116,7 @@ def test_bad_inputs(pipe, clip):
         _run(pipe, clip, task="backward_predict", given_frames=3)
     with pytest.raises(ValueError, match="every must be in"):
         _run(pipe, clip, task="interpolate", every=1)
+    with pytest.raises(ValueError, match="pixel_guidance_min_sigma must be in"):
+        _run(pipe, clip, task="interpolate", pixel_guidance_min_sigma=1.5)
     with pytest.raises(ValueError, match="video is required"):
         pipe(prompt="a", task="predict")

@@ -152,7 +152,7 @@ def test_streaming_decoder_recipe_keeps_the_encoder_and_shrinks_the_decoder(
     pipe_dir = tmp_path / "pipe"
     source.save_pretrained(pipe_dir / "vae")
     monkeypatch.setattr(sys, "argv", ["x"])
-    recipe = load_script("train_streaming_decoder")
+    recipe = load_script("train_decoder")
     out = tmp_path / "stream"
     recipe.main(
         ["--out", str(out), "--model", str(pipe_dir), "--channels", "8,8,8", "--steps", "2", "--batch", "2"]
@@ -165,3 +165,30 @@ def test_streaming_decoder_recipe_keeps_the_encoder_and_shrinks_the_decoder(
     assert sum(p.numel() for p in vae.parameters()) < sum(p.numel() for p in source.parameters())
     video = vae.decode(torch.randn(1, 8, 2, 8, 8)).sample
     assert video.shape == (1, 3, 5, 64, 64) and torch.isfinite(video).all()
+
+
+def test_decoder_recipe_fine_tunes_the_pipelines_own_decoder(load_script, tmp_path, monkeypatch):
+    from vidgen import VidGenVideoAutoencoder
+
+    torch.manual_seed(0)
+    source = VidGenVideoAutoencoder(block_out_channels=(8, 16, 16), latent_channels=8)
+    source.latents_mean.fill_(0.5)
+    pipe_dir = tmp_path / "pipe"
+    source.save_pretrained(pipe_dir / "vae")
+    monkeypatch.setattr(sys, "argv", ["x"])
+    recipe = load_script("train_decoder")
+    args = ["--model", str(pipe_dir), "--init-decoder", "--frames", "9", "--batch", "2"]
+    with pytest.raises(SystemExit):  # a window must be 4k + 1 frames
+        recipe.main(["--out", str(tmp_path / "bad"), *args, "--frames", "8"])
+    recipe.main(["--out", str(tmp_path / "same"), *args, "--steps", "0"])
+    unchanged = VidGenVideoAutoencoder.from_pretrained(tmp_path / "same" / "vae").state_dict()
+    for name, p in source.state_dict().items():
+        torch.testing.assert_close(unchanged[name], p)  # it starts as the pipeline's whole VAE
+    recipe.main(["--out", str(tmp_path / "ft"), *args, "--steps", "2", "--lr", "1e-2"])
+    tuned = VidGenVideoAutoencoder.from_pretrained(tmp_path / "ft" / "vae")
+    assert tuned.config.decoder_block_out_channels is None  # the pipeline's widths
+    state = tuned.state_dict()
+    for name, p in source.state_dict().items():
+        if name.startswith("enc_") or name.startswith("latents_"):
+            torch.testing.assert_close(state[name], p)  # the latent space is the same
+    assert not torch.equal(state["dec_out.conv.weight"], source.state_dict()["dec_out.conv.weight"])

@@ -1,14 +1,22 @@
-"""Train a small, fast decoder for streaming: the pipeline's VAE encoder (frozen, so the latent space is
-the same) with a narrower decoder, trained on the Shapes world as the default VAE is.
+"""Train a VAE decoder for a pipeline's frozen encoder (so the latent space, and every DiT trained in it,
+stay valid): a small, fast decoder for streaming, or the pipeline's own decoder trained further.
 
-    python scripts/train_streaming_decoder.py --out runs/stream_vae [--model PIPELINE] [--channels 16,24,32]
-    accelerate launch scripts/train_streaming_decoder.py ...   # same recipe, any device; resumable
+    python scripts/train_decoder.py --out runs/stream_vae [--model PIPELINE] [--channels 16,24,32]
+    python scripts/train_decoder.py --out runs/decoder --init-decoder --frames 9 --steps 1500 --lr 3e-4
+    accelerate launch scripts/train_decoder.py ...   # same recipe, any device; resumable
 
-Why: while streaming, decoding each chunk costs as much as denoising it (the default decoder's
+Streaming: while streaming, decoding each chunk costs as much as denoising it (the default decoder's
 full-resolution 3D convolutions); a decoder of half the width costs about a quarter. The result,
 ``<out>/vae``, replaces the pipeline's ``vae`` for ``VidGenAutoregressivePipeline`` (the embedded default
-ships it as ``vae_streaming``). Its loss is the default VAE's: object-weighted pixel MSE on 5-frame
-windows, with a share of latents noised to ``t ~ U[0, 0.15]`` so it also does the last denoising step.
+ships it as ``vae_streaming``).
+
+``--init-decoder``: start from the pipeline's decoder (its widths) and train it on. The default VAE's
+decoder had 1500 steps, and it is what caps the image-to-video first frame's PSNR; fine-tuning it alone
+cannot move the latents.
+
+The loss is the default VAE's: object-weighted pixel MSE on windows of ``--frames`` frames (5: two latent
+frames), with a share of latents noised to ``t ~ U[0, 0.15]`` so the decoder also does the last
+denoising step.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="run folder (checkpoints, log, the VAE)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="pipeline folder whose VAE encoder is kept")
     p.add_argument("--channels", default="16,24,32", help="decoder block widths, comma-separated")
+    p.add_argument(
+        "--init-decoder", action="store_true",
+        help="start from the pipeline's decoder and train it on (its widths; --channels is ignored)",
+    )  # fmt: skip
+    p.add_argument("--frames", type=int, default=5, help="frames per training window: 4k + 1, at most 17")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -49,7 +62,10 @@ def parse_args(argv=None):
     )
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.frames % 4 != 1 or not 5 <= args.frames <= shapes.NATIVE_FRAMES:
+        p.error(f"--frames must be 4k + 1 in [5, {shapes.NATIVE_FRAMES}]; got {args.frames}")
+    return args
 
 
 def main(argv=None):
@@ -58,15 +74,18 @@ def main(argv=None):
     run.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
 
-    # 1. The pipeline's VAE; a copy with a narrower decoder and the same, frozen encoder.
+    # 1. The pipeline's VAE; a copy with a new (or the same) decoder and the same, frozen encoder.
     source = VidGenVideoAutoencoder.from_pretrained(args.model, subfolder="vae")
     config = {k: v for k, v in source.config.items() if not k.startswith("_")}
-    channels = tuple(int(c) for c in args.channels.split(","))
-    vae = VidGenVideoAutoencoder.from_config({**config, "decoder_block_out_channels": channels})
+    if not args.init_decoder:
+        config["decoder_block_out_channels"] = tuple(int(c) for c in args.channels.split(","))
+    vae = VidGenVideoAutoencoder.from_config(config)
     shared = {
-        k: v for k, v in source.state_dict().items() if k.startswith("enc_") or k.startswith("latents_")
+        k: v
+        for k, v in source.state_dict().items()
+        if args.init_decoder or k.startswith("enc_") or k.startswith("latents_")
     }
-    vae.load_state_dict(shared, strict=False)
+    vae.load_state_dict(shared, strict=args.init_decoder)
     encoder = [p for name, p in vae.named_parameters() if name.startswith("enc_")]
     for p in encoder:
         p.requires_grad_(False)
@@ -82,9 +101,10 @@ def main(argv=None):
     tic = time.time()
     for step in range(start, args.steps):
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        first = 4 * int(torch.randint(0, 4, (1,), generator=g))
+        first = 4 * int(torch.randint(0, (shapes.NATIVE_FRAMES - args.frames) // 4 + 1, (1,), generator=g))
         seeds = np.arange(step * args.batch, (step + 1) * args.batch) + 30_000_000
-        x, _, masks = shapes.render_training_batch(seeds, slice(first, first + 5), args.random_colors)
+        window = slice(first, first + args.frames)
+        x, _, masks = shapes.render_training_batch(seeds, window, args.random_colors)
         x = x.to(accelerator.device)
         weight = 1 + (args.object_weight - 1) * torch.from_numpy(masks)[:, None].float().to(x.device)
         with torch.no_grad():
