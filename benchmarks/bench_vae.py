@@ -20,6 +20,12 @@ from vidgen import DEFAULT_MODEL, VidGenVideoAutoencoder
 from vidgen import eval as ev
 from vidgen.pipelines.common import DEFAULT_DECODE_NOISE_SCALE, DEFAULT_DECODE_TIMESTEP
 
+# (decode timestep, re-noise scale); "as the pipelines" mirrors VidGenPipelineBase.decode_latents.
+DECODE_SETTINGS = {
+    "clean": (0.0, 0.0),
+    "as the pipelines": (DEFAULT_DECODE_TIMESTEP, DEFAULT_DECODE_NOISE_SCALE),
+}
+
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:  # (B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3)
     return ((video.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 4, 1).numpy().astype(np.uint8)
@@ -52,11 +58,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for folder in args.vae:
         vae = VidGenVideoAutoencoder.from_pretrained(folder).eval()
-        settings = {
-            "clean": (0.0, 0.0),
-            "as the pipelines": (DEFAULT_DECODE_TIMESTEP, DEFAULT_DECODE_NOISE_SCALE),
-        }
-        for name, (timestep, noise_scale) in settings.items():
+        for name, (timestep, noise_scale) in DECODE_SETTINGS.items():
             y = reconstruct(vae, x, timestep, noise_scale)
             every = np.mean([ev.psnr(y[i, f], truth[i, f]) for i in range(len(y)) for f in range(y.shape[1])])
             first = np.mean([ev.psnr(y[i, 0], truth[i, 0]) for i in range(len(y))])

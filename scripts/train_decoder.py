@@ -82,12 +82,11 @@ def main(argv=None):
     if not args.init_decoder:
         config["decoder_block_out_channels"] = tuple(int(c) for c in args.channels.split(","))
     vae = VidGenVideoAutoencoder.from_config(config)
-    shared = {
-        k: v
-        for k, v in source.state_dict().items()
-        if args.init_decoder or k.startswith("enc_") or k.startswith("latents_")
-    }
-    vae.load_state_dict(shared, strict=args.init_decoder)
+    if args.init_decoder:
+        vae.load_state_dict(source.state_dict())  # the whole VAE: its decoder trains on
+    else:
+        encoder_state = {k: v for k, v in source.state_dict().items() if k.startswith(("enc_", "latents_"))}
+        vae.load_state_dict(encoder_state, strict=False)
     encoder = [p for name, p in vae.named_parameters() if name.startswith("enc_")]
     for p in encoder:
         p.requires_grad_(False)
