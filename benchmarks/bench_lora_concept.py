@@ -136,6 +136,17 @@ def generate(pipe, prompts, steps, seed_base):
     return videos
 
 
+def evaluate(pipe, concept, prompts, standard, steps) -> dict[str, float]:
+    """How often ``concept`` is found in the ``prompts``' videos, and the evaluator's scores on ``standard``."""
+    tic = time.time()
+    concept_videos = generate(pipe, prompts, steps, 0)
+    standard_videos = generate(pipe, standard, steps, 0)
+    found = [concept_found(concept, v, prompt) for v, prompt in zip(concept_videos, prompts)]
+    scores = summarize([read_video(v, c) for v, c in zip(standard_videos, standard)])
+    return {"concept found": 100.0 * float(np.mean(found)), **scores,
+            "s/video": (time.time() - tic) / (len(prompts) + len(standard))}  # fmt: skip
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -171,7 +182,11 @@ def main():
         default="no",
         help="train.mixed_precision (bf16: CPUs with AMX)",
     )
-    p.add_argument("--train-seed", type=int, default=0, help="the trainer's seed (data order, noise, init)")
+    p.add_argument(
+        "--train-seed", default="0",
+        help="the trainer's seed (data order, noise, init); comma-separated to train one LoRA per seed and "
+        "report each and their mean (how reliable the recipe is)",
+    )  # fmt: skip
     p.add_argument("--eval-concept", type=int, default=40, help="held-out prompts naming the concept")
     p.add_argument("--eval-standard", type=int, default=100, help="held-out Shapes prompts")
     p.add_argument("--sample-steps", type=int, default=30)
@@ -188,8 +203,8 @@ def main():
             (data / f"clip_{i:03d}.txt").write_text(clip.caption + "\n")
     prompts = evaluation_prompts(args.concept, args.eval_concept, {c.caption for c in clips})
 
-    # 2. Training, timed (cache included).
-    lora_dir = out / "lora"
+    # 2. Training, once per training seed, timed (the first run includes the latent cache; later
+    # runs reuse it).
     extra = []
     if args.learn_word:
         extra = ["--textual_inversion.tokens", f"[{CONCEPT_WORDS[args.concept]}]", "--textual_inversion.initializer",
@@ -198,40 +213,47 @@ def main():
         extra += ["--lora.target_modules", f"[{args.target_modules}]"]
     if args.logit_mean is not None:
         extra += ["--train.timestep_sampling", "logit_normal", "--train.logit_mean", str(args.logit_mean)]
-    extra += ["--train.motion_weight", str(args.motion_weight)]
-    extra += ["--train.mixed_precision", args.mixed_precision, "--seed", str(args.train_seed)]
-    tic = time.time()
-    train_lora([*extra,
-        "--pretrained_model", args.model, "--output_dir", str(lora_dir), "--data.path", str(data), "--data.buckets", "[17x64x64]",
-        "--train.max_steps", str(args.steps), "--train.batch_size", str(args.batch),
-        "--train.learning_rate", str(args.lr), "--lora.rank", str(args.rank), "--lora.alpha", str(args.rank),
-        "--train.lr_scheduler", "cosine", "--train.lr_warmup_steps", "20", "--train.first_frame_p", "0.15",
-        "--checkpoints.every", "100", "--logging.every", "25", "--logging.report_to", "none",
-        "--validation.prompts", f"[{prompts[0]}]", "--validation.num_inference_steps", "20",
-    ])  # fmt: skip
-    train_minutes = (time.time() - tic) / 60
+    extra += [
+        "--train.motion_weight",
+        str(args.motion_weight),
+        "--train.mixed_precision",
+        args.mixed_precision,
+    ]
+    seeds = [int(s) for s in args.train_seed.split(",")]
+    lora_dirs, train_minutes = {}, {}
+    for seed in seeds:
+        lora_dirs[seed] = out / ("lora" if seed == seeds[0] else f"lora_seed{seed}")
+        tic = time.time()
+        train_lora([*extra, "--seed", str(seed),
+            "--pretrained_model", args.model, "--output_dir", str(lora_dirs[seed]), "--data.path", str(data),
+            "--data.buckets", "[17x64x64]", "--train.max_steps", str(args.steps), "--train.batch_size", str(args.batch),
+            "--train.learning_rate", str(args.lr), "--lora.rank", str(args.rank), "--lora.alpha", str(args.rank),
+            "--train.lr_scheduler", "cosine", "--train.lr_warmup_steps", "20", "--train.first_frame_p", "0.15",
+            "--checkpoints.every", "100", "--logging.every", "25", "--logging.report_to", "none",
+            "--validation.prompts", f"[{prompts[0]}]", "--validation.num_inference_steps", "20",
+        ])  # fmt: skip
+        train_minutes[seed] = (time.time() - tic) / 60
 
-    # 3. Evaluation with and without the LoRA.
+    # 3. Evaluation without the LoRA, then with each seed's LoRA.
     standard = [c.caption for c in evaluation_set(args.eval_standard)]
     pipe = VidGenPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    rows = {}
-    for name in ("base", "lora"):
-        if name == "lora":
-            pipe.load_lora_weights(lora_dir, adapter_name=args.concept)
-            if args.learn_word:
-                pipe.load_textual_inversion(lora_dir)
-        tic = time.time()
-        concept_videos = generate(pipe, prompts, args.sample_steps, 0)
-        standard_videos = generate(pipe, standard, args.sample_steps, 0)
-        found = [concept_found(args.concept, v, prompt) for v, prompt in zip(concept_videos, prompts)]
-        scores = summarize([read_video(v, c) for v, c in zip(standard_videos, standard)])
-        rows[name] = {"concept found": 100.0 * float(np.mean(found)), **scores,
-                      "s/video": (time.time() - tic) / (len(prompts) + len(standard))}  # fmt: skip
+    rows = {"base": evaluate(pipe, args.concept, prompts, standard, args.sample_steps)}
+    for seed in seeds:
+        pipe.load_lora_weights(lora_dirs[seed], adapter_name=f"{args.concept}_{seed}")
+        if args.learn_word:
+            pipe.load_textual_inversion(lora_dirs[seed])
+        rows[f"LoRA, seed {seed}"] = {
+            **evaluate(pipe, args.concept, prompts, standard, args.sample_steps),
+            "minutes": train_minutes[seed],
+        }
+        pipe.unload_lora_weights()
+        if args.learn_word:
+            pipe.unload_textual_inversion()
 
     print(
         f"\nconcept {args.concept!r}: {args.clips} clips, {args.steps} steps x batch {args.batch}, rank "
-        f"{args.rank}: {train_minutes:.1f} min (cache + training), {torch.get_num_threads()} CPU threads"
+        f"{args.rank}, {torch.get_num_threads()} CPU threads; minutes: cache (first seed only) + training"
         + (
             f"; the word {CONCEPT_WORDS[args.concept]!r} learned from {args.learn_word!r}"
             if args.learn_word
@@ -243,13 +265,19 @@ def main():
         + (f"; noise levels logit-normal, mean {args.logit_mean:g}" if args.logit_mean is not None else "")
     )
     print(f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}\n")
-    metrics = ["concept found", "color", "shape", "direction", "count", "s/video"]
+    trained = [rows[f"LoRA, seed {seed}"] for seed in seeds]
+    if len(seeds) > 1:
+        rows["LoRA, mean over seeds"] = {m: float(np.mean([r[m] for r in trained])) for m in trained[0]}
+    metrics = ["concept found", "color", "shape", "direction", "count", "s/video", "minutes"]
     print("| model | " + " | ".join(metrics) + " |")
     print("|---" * (len(metrics) + 1) + "|")
     for name, scores in rows.items():
-        print(f"| {name} | " + " | ".join(f"{scores[m]:.1f}" for m in metrics) + " |")
-    delta = {m: rows["lora"][m] - rows["base"][m] for m in ("color", "shape", "direction", "count")}
-    print("\nchange on prompts without the new word: " + ", ".join(f"{m} {d:+.1f}" for m, d in delta.items()))
+        print(f"| {name} | " + " | ".join(f"{scores[m]:.1f}" if m in scores else "" for m in metrics) + " |")
+    for seed, scores in zip(seeds, trained):
+        delta = ", ".join(
+            f"{m} {scores[m] - rows['base'][m]:+.1f}" for m in ("color", "shape", "direction", "count")
+        )
+        print(f"seed {seed}, change on prompts without the new word: {delta}")
 
 
 if __name__ == "__main__":
