@@ -187,3 +187,14 @@ def test_hierarchical_with_the_embedded_default_needs_no_model_flag(tmp_path):
     assert result.returncode == 0, result.stderr
     frames = load_video(out)
     assert len(frames) == 17 and frames[0].size == (128, 128)  # twice the default's 64x64
+
+
+def test_eval_misses_lists_each_object_read_wrong(model_dir):
+    result = vidgen("eval", "--model", model_dir, "--num", 2, "--steps", 1, "--tasks", "t2v", "--misses")
+    assert result.returncode == 0, result.stderr
+    table, listing = result.stdout.split(" objects read wrong:")
+    assert "| t2v |" in table
+    lines = listing.strip().splitlines()
+    # A random tiny model draws no objects: each of the 3 objects of the 2 held-out captions is missing.
+    assert int(table.split()[-1]) == len(lines) == 3
+    assert all(line.startswith("t2v #") and line.endswith(": missing") for line in lines)

@@ -35,6 +35,27 @@ def test_wrong_videos_are_caught():
     assert not ev.read_video(np.zeros_like(clip.frames), clip.caption).count_ok
 
 
+def test_misses_name_what_was_read_wrong():
+    objects = (shapes.ShapeObject("red", "circle", "right"), shapes.ShapeObject("blue", "square", "left"))
+    clip = shapes.render_clip(objects, seed=3)
+    assert ev.misses(ev.read_video(clip.frames, clip.caption)) == []
+    # The caption swaps the motions (the other object's motion, a binding failure) and adds a missing object.
+    report = ev.read_video(clip.frames, "a red circle moves left and a blue square moves right")
+    assert ev.misses(report) == [
+        "red circle: motion right (not left, the other's)", "blue square: motion left (not right, the other's)"
+    ]  # fmt: skip
+    assert ev.misses(ev.read_video(clip.frames, "a green triangle moves up")) == ["green triangle: missing"]
+    # The red circle leaps 30 px down in frame 3: the track jumps (and a wrong shape is read).
+    frames = clip.frames.copy()
+    frames[3] = 0
+    red = np.all(clip.frames[3] == shapes.COLORS["red"], axis=-1)
+    frames[3][np.roll(red, 30, axis=0)] = shapes.COLORS["red"]
+    frames[3][np.all(clip.frames[3] == shapes.COLORS["blue"], axis=-1)] = shapes.COLORS["blue"]
+    report = ev.read_video(frames, "a red square moves right and a blue square moves left")
+    assert report.largest_step["red"] > ev.JUMP_PIXELS > report.largest_step["blue"]
+    assert ev.misses(report)[0] == "red square: shape circle (not square), track jumps 30 px"
+
+
 def test_a_taught_color_is_read_only_with_the_extended_palette():
     objects = (
         shapes.ShapeObject("orange", "triangle", "left"),

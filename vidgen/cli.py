@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--by-objects", action="store_true",
         help="also score one-object and two-object captions apart (rows 'TASK, 1 object' and 'TASK, 2 objects')",
     )  # fmt: skip
+    evaluate.add_argument(
+        "--misses", action="store_true",
+        help="also print each object the evaluator read wrong (missing, shape, motion; binding and jumps noted)",
+    )  # fmt: skip
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
@@ -423,7 +427,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from . import VidGenPipeline
-    from .eval import evaluate, format_table
+    from .eval import evaluate, format_table, misses
 
     _check_device(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -434,11 +438,18 @@ def run_eval(args: argparse.Namespace) -> int:
     unknown = set(tasks) - {"t2v", "i2v", "predict", "interpolate"}
     if unknown:
         raise CLIError(f"--tasks must be among t2v, i2v, predict, interpolate; got {sorted(unknown)}")
+    found_wrong = []
+
+    def note_misses(task, index, clip, report):
+        found_wrong.extend(f"{task} #{index} {clip.caption!r}: {line}" for line in misses(report))
+
     results = evaluate(
         pipe, tasks, n=args.num, steps=args.steps, seed=args.seed, guidance_scale=args.guidance,
-        by_objects=args.by_objects,
+        by_objects=args.by_objects, on_video=note_misses if args.misses else None,
     )  # fmt: skip
     print(format_table(results))
+    if args.misses:
+        print(f"\n{len(found_wrong)} objects read wrong:", *found_wrong, sep="\n")
     return 0
 
 

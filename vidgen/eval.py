@@ -23,6 +23,9 @@ MIN_AREA = 30  # pixels at 64x64; the smallest object (triangle, r = 6) has 72
 MIN_RELATIVE_AREA = 0.15  # and at least this share of the largest object's area
 STILL_PIXELS = 2.0  # total centroid travel over the judged frames below this (at 64x64) is "still"
 BIG_SIDE = 22.0  # bounding-box side (at 64x64) from which an object is "big": the world's are at most 18
+# A centroid step between consecutive frames (at 64x64) beyond this is a jump: the world's fastest object
+# moves 2.5 px per frame, so a jump is a second blob of the color or an object that re-appeared elsewhere.
+JUMP_PIXELS = 8.0
 
 
 @dataclass
@@ -97,6 +100,7 @@ class VideoReport:
     areas: dict = field(default_factory=dict)  # color -> per-frame areas
     sides: dict = field(default_factory=dict)  # color -> median bounding-box side, pixels at 64x64
     tracks: dict = field(default_factory=dict)  # color -> [(frame index, centroid (x, y))]
+    largest_step: dict = field(default_factory=dict)  # color -> largest step between frames, px at 64x64
 
     @property
     def count_ok(self) -> bool:
@@ -137,7 +141,32 @@ def read_video(
         report.areas[color] = [d.area for _, d in track]
         report.sides[color] = float(np.median([d.side for _, d in track])) / scale
         report.tracks[color] = [(i, d.centroid) for i, d in track]
+        steps = [np.linalg.norm(d1.centroid - d0.centroid) for (_, d0), (_, d1) in zip(track[:-1], track[1:])]
+        report.largest_step[color] = max(steps, default=0.0) / scale
     return report
+
+
+def misses(report: VideoReport) -> list[str]:
+    """What the evaluator read wrong in one video, a line per object: missing, or the shape or motion it
+    read instead, noting when that is the other object's motion (a binding failure) and when the
+    object's track jumped (see ``JUMP_PIXELS``)."""
+    lines = []
+    for obj in report.expected:
+        got = report.found.get(obj.color)
+        if got is None:
+            lines.append(f"{obj.color} {obj.shape}: missing")
+            continue
+        wrong = []
+        if got[0] != obj.shape:
+            wrong.append(f"shape {got[0]} (not {obj.shape})")
+        if got[1] != obj.motion:
+            whose = ", the other's" if got[1] in {o.motion for o in report.expected if o is not obj} else ""
+            wrong.append(f"motion {got[1]} (not {obj.motion}{whose})")
+        if wrong and report.largest_step[obj.color] > JUMP_PIXELS:
+            wrong.append(f"track jumps {report.largest_step[obj.color]:.0f} px")
+        if wrong:
+            lines.append(f"{obj.color} {obj.shape}: " + ", ".join(wrong))
+    return lines
 
 
 def speed_of(track, scale: float = 1.0) -> float:
@@ -249,8 +278,12 @@ def evaluate(
     seed: int = 0,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     by_objects: bool = False,
+    on_video=None,
 ):
     """Generate for the evaluation set with fixed seeds and score. Returns ``{task: {metric: value}}``.
+
+    ``on_video(task, index, clip, report)`` is called with each video's :class:`VideoReport` (``vidgen
+    eval --misses`` prints what :func:`misses` finds in it).
 
     ``by_objects``: also score the single-object captions (every one seen in training, with new seeds)
     and the two-object captions (combinations training never sees) apart, as rows ``"{task}, 1 object"``
@@ -287,6 +320,8 @@ def evaluate(
                 ).frames[0]
             frames = (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
             reports.append(read_video(frames, clip.caption))
+            if on_video is not None:
+                on_video(task, i, clip, reports[-1])
             if task == "i2v":
                 psnrs.append(psnr(frames[0], clip.frames[0]))
             if task == "predict":
