@@ -39,7 +39,7 @@ def test_misses_name_what_was_read_wrong():
     objects = (shapes.ShapeObject("red", "circle", "right"), shapes.ShapeObject("blue", "square", "left"))
     clip = shapes.render_clip(objects, seed=3)
     assert ev.misses(ev.read_video(clip.frames, clip.caption)) == []
-    # The caption swaps the motions (the other object's motion, a binding failure) and adds a missing object.
+    # A caption with the motions swapped: each object took the other one's motion (a binding failure).
     report = ev.read_video(clip.frames, "a red circle moves left and a blue square moves right")
     assert ev.misses(report) == [
         "red circle: motion right (not left, the other's)", "blue square: motion left (not right, the other's)"
