@@ -198,3 +198,14 @@ def test_eval_misses_lists_each_object_read_wrong(model_dir):
     # A random tiny model draws no objects: each of the 3 objects of the 2 held-out captions is missing.
     assert int(table.split()[-1]) == len(lines) == 3
     assert all(line.startswith("t2v #") and line.endswith(": missing") for line in lines)
+
+
+def test_eval_with_several_seeds_adds_a_row_per_seed(model_dir):
+    result = vidgen("eval", "--model", model_dir, "--num", 1, "--steps", 1, "--tasks", "t2v", "--seed", "0,5",
+                    "--misses")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for row in ("| t2v |", "| t2v, seed 0 |", "| t2v, seed 5 |"):
+        assert row in result.stdout
+    assert "t2v #0 (seed 5)" in result.stdout
+    bad = vidgen("eval", "--model", model_dir, "--seed", "1,1")
+    assert bad.returncode != 0 and "--seed" in bad.stderr and "distinct" in bad.stderr

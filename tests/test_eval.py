@@ -145,3 +145,23 @@ def test_evaluate_by_objects_splits_one_and_two_object_captions():
         assert whole["color"] == pytest.approx((2 * one["color"] + 4 * two["color"]) / 6)
     whole, one, two = (results[k]["centroid_error_px"] for k in ("predict", "predict, 1 object", "predict, 2 objects"))
     assert whole == pytest.approx((one + two) / 2)
+
+
+def test_evaluate_pools_several_seeds_and_keeps_a_row_per_seed():
+    from vidgen import VidGenPipeline
+    from vidgen.eval import evaluate
+    from vidgen.testing import tiny_components
+
+    pipe = VidGenPipeline(**tiny_components())
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    results = evaluate(pipe, ("predict",), n=2, steps=1, seed=[0, 7], on_video=lambda *a: seen.append(a[4]))
+    assert list(results) == ["predict", "predict, seed 0", "predict, seed 7"]
+    assert seen == [0, 0, 7, 7]  # each clip once per seed
+    pooled, first, second = results.values()
+    for metric in ("count", "color", "direction", "centroid_error_px"):  # equal halves: the mean of the seeds
+        assert pooled[metric] == pytest.approx((first[metric] + second[metric]) / 2)
+    # a seed's row is what that seed alone scores
+    assert evaluate(pipe, ("predict",), n=2, steps=1, seed=7)["predict"] == pytest.approx(second)
+    with pytest.raises(ValueError, match="distinct"):
+        evaluate(pipe, ("predict",), n=2, steps=1, seed=[3, 3])

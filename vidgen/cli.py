@@ -49,6 +49,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"must be distinct integers >= 0, comma-separated; got {text!r}")
+    return seeds
+
+
 def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> None:
     p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the embedded model)")
     p.add_argument("--prompt", default=None if not masked else "", help="text describing the video")
@@ -160,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--misses", action="store_true",
         help="also print each object the evaluator read wrong (missing, shape, motion; binding and jumps noted)",
     )  # fmt: skip
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--seed", type=_seed_list, default=[0],
+        help="first generator seed (clip i uses seed + i); several, comma-separated, pool their videos "
+        "and add a row per seed (default 0)",
+    )  # fmt: skip
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
     evaluate.add_argument("--lora", default=None, help="evaluate with these LoRA weights")
@@ -440,8 +454,9 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"--tasks must be among t2v, i2v, predict, interpolate; got {sorted(unknown)}")
     found_wrong = []
 
-    def note_misses(task, index, clip, report):
-        found_wrong.extend(f"{task} #{index} {clip.caption!r}: {line}" for line in misses(report))
+    def note_misses(task, index, clip, report, seed):
+        at = f"#{index}" if len(args.seed) == 1 else f"#{index} (seed {seed})"
+        found_wrong.extend(f"{task} {at} {clip.caption!r}: {line}" for line in misses(report))
 
     results = evaluate(
         pipe, tasks, n=args.num, steps=args.steps, seed=args.seed, guidance_scale=args.guidance,

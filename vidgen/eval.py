@@ -11,6 +11,7 @@ ground truth) read correctly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -275,15 +276,20 @@ def evaluate(
     tasks=("t2v", "i2v", "predict", "interpolate"),
     n: int = 100,
     steps: int | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     by_objects: bool = False,
     on_video=None,
 ):
     """Generate for the evaluation set with fixed seeds and score. Returns ``{task: {metric: value}}``.
 
-    ``on_video(task, index, clip, report)`` is called with each video's :class:`VideoReport` (``vidgen
-    eval --misses`` prints what :func:`misses` finds in it).
+    Clip ``i`` is generated from ``torch.Generator().manual_seed(seed + i)``. ``seed`` may be a sequence:
+    every clip is then generated once per seed, the rows pool all of them, and a row ``"{task}, seed
+    {s}"`` per seed shows the spread. One seed set of 100 clips moves by several points with the seed
+    (a 150-object accuracy near 85% has a standard error of about 3 points).
+
+    ``on_video(task, index, clip, report, seed)`` is called with each video's :class:`VideoReport`
+    (``vidgen eval --misses`` prints what :func:`misses` finds in it).
 
     ``by_objects``: also score the single-object captions (every one seen in training, with new seeds)
     and the two-object captions (combinations training never sees) apart, as rows ``"{task}, 1 object"``
@@ -292,6 +298,9 @@ def evaluate(
 
     from vidgen import VidGenImageToVideoPipeline, VidGenMaskedVideoPipeline
 
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    if not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seed must be an int or a sequence of distinct ints; got {seed!r}")
     clips = evaluation_set(n)
     steps = steps or 30
     i2v, masked = VidGenImageToVideoPipeline.from_pipe(pipe), VidGenMaskedVideoPipeline.from_pipe(pipe)
@@ -302,9 +311,9 @@ def evaluate(
     )
     results = {}
     for task in tasks:
-        reports, psnrs, errors = [], [], []
-        for i, clip in enumerate(clips):
-            g = torch.Generator().manual_seed(seed + i)
+        reports, psnrs, errors, report_seeds = [], [], [], []
+        for s, (i, clip) in ((s, ic) for s in seeds for ic in enumerate(clips)):
+            g = torch.Generator().manual_seed(s + i)
             if task == "t2v":
                 video = pipe(prompt=clip.caption, generator=g, **common).frames[0]
             elif task == "i2v":
@@ -320,8 +329,9 @@ def evaluate(
                 ).frames[0]
             frames = (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
             reports.append(read_video(frames, clip.caption))
+            report_seeds.append(s)
             if on_video is not None:
-                on_video(task, i, clip, reports[-1])
+                on_video(task, i, clip, reports[-1], s)
             if task == "i2v":
                 psnrs.append(psnr(frames[0], clip.frames[0]))
             if task == "predict":
@@ -329,12 +339,15 @@ def evaluate(
             if task == "interpolate":
                 generated = [f for f in range(len(frames)) if f % 4]  # every 4th frame is given
                 errors.append(centroid_error(frames, clip, generated))
-        groups = {task: range(len(clips))}
+        groups = {task: range(len(reports))}
         if by_objects:
             for k in (1, 2):
                 groups[f"{task}, {k} object{'s' if k > 1 else ''}"] = [
                     i for i, r in enumerate(reports) if len(r.expected) == k
                 ]
+        if len(seeds) > 1:
+            for s in seeds:
+                groups[f"{task}, seed {s}"] = [i for i, rs in enumerate(report_seeds) if rs == s]
         for name, members in groups.items():
             scores = summarize([reports[i] for i in members])
             if psnrs:
