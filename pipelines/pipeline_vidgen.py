@@ -113,7 +113,7 @@ class VidGenPipeline(VidGenPipelineBase):
                     latents, t.expand(total), prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale,
                     guidance_rescale, attention_kwargs,
                 )  # fmt: skip
-                latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+                latents = self.scheduler.step(v, t, latents, generator=generator, return_dict=False)[0]
                 outputs = self.run_callback(
                     callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, locals()
                 )

@@ -209,8 +209,9 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
                 )  # fmt: skip
                 if steer is not None and t / 1000 >= pixel_guidance_min_sigma:
                     v = self.pixel_guidance(latents, v, token_t, grid, pixels, steer)
-                latents = self.scheduler.step(v, t, latents, per_token_timesteps=token_t, return_dict=False)
-                latents = latents[0]
+                latents = self.scheduler.step(
+                    v, t, latents, per_token_timesteps=token_t, generator=generator, return_dict=False
+                )[0]
                 outputs = self.run_callback(
                     callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, locals()
                 )

@@ -104,7 +104,7 @@ class VidGenVideoToVideoPipeline(VidGenPipelineBase):
                     latents, t.expand(batch_size), prompt_embeds, prompt_mask, grid, frame_rate, guidance_scale,
                     0.0, attention_kwargs,
                 )  # fmt: skip
-                latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+                latents = self.scheduler.step(v, t, latents, generator=generator, return_dict=False)[0]
                 outputs = self.run_callback(
                     callback_on_step_end, i, t, callback_on_step_end_tensor_inputs, locals()
                 )

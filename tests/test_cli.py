@@ -209,3 +209,17 @@ def test_eval_with_several_seeds_adds_a_row_per_seed(model_dir):
     assert "t2v #0 (seed 5)" in result.stdout
     bad = vidgen("eval", "--model", model_dir, "--seed", "1,1")
     assert bad.returncode != 0 and "--seed" in bad.stderr and "distinct" in bad.stderr
+
+
+def test_sampler_flag_sets_the_schedulers_steps(model_dir, tmp_path):
+    runs = {}
+    for sampler in ("euler", "stochastic"):
+        out = tmp_path / f"{sampler}.mp4"
+        result = vidgen("t2v", "--model", model_dir, "--prompt", "a red circle moves right", "--steps", 3,
+                        "--sampler", sampler, "--output", out)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        runs[sampler] = np.asarray(load_video(out), dtype=np.float32)
+    assert np.abs(runs["euler"] - runs["stochastic"]).max() > 0  # fresh noise at each level changes the video
+    bad = vidgen("t2v", "--model", model_dir, "--prompt", "a", "--autoregressive", "--sampler", "euler",
+                 "--output", tmp_path / "x.mp4")  # fmt: skip
+    assert bad.returncode == 2 and "--sampler" in bad.stderr

@@ -43,7 +43,13 @@ def test_given_frames_come_back_unchanged(pipe, clip, kwargs, given_frames):
     assert np.abs(out[generated] * 255 - clip.frames[generated]).max() > 10  # the rest is generated
 
 
-def test_given_latent_tokens_stay_exact(pipe, clip):
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_given_latent_tokens_stay_exact(pipe, clip, stochastic):
+    from vidgen.schedulers import VidGenFlowMatchScheduler
+
+    scheduler = VidGenFlowMatchScheduler.from_config(pipe.scheduler.config, stochastic_sampling=stochastic)
+    pipe = VidGenMaskedVideoPipeline.from_pipe(pipe, scheduler=scheduler)  # fresh noise at every step
+    pipe.set_progress_bar_config(disable=True)
     out = pipe(video=clip.frames, prompt=clip.caption, task="predict", given_frames=5, num_inference_steps=2,
                output_type="latent", generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
     pixels = pipe.video_to_pixels(clip.frames, 32, 32)

@@ -79,3 +79,27 @@ def test_bad_arguments():
         scheduler.set_timesteps(0, num_tokens=10)
     with pytest.raises(ValueError, match="num_tokens"):
         scheduler.set_timesteps(4)
+
+
+def test_stochastic_steps_renoise_the_predicted_clean_sample_and_keep_given_tokens():
+    scheduler = VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG, stochastic_sampling=True)
+    scheduler.set_timesteps(4, num_tokens=300)
+    sig = scheduler.sigmas
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 3, 5, generator=g)
+    v = torch.randn(1, 3, 5, generator=g)
+    t = scheduler.timesteps[1]
+    noise = torch.randn(1, 3, 5, generator=torch.Generator().manual_seed(7))
+    expected = (1 - sig[2]) * (x - sig[1] * v) + sig[2] * noise  # x0 = x - sigma * v, re-noised to the next level
+    # Scalar step (diffusers' stochastic_sampling) and per-token step draw the same noise from the generator.
+    scheduler._step_index = 1
+    scalar = scheduler.step(v, t, x, generator=torch.Generator().manual_seed(7), return_dict=False)[0]
+    torch.testing.assert_close(scalar, expected, atol=1e-6, rtol=0)
+    per_token = torch.stack([t, torch.tensor(0.0), t])[None]  # the middle token is given (t = 0)
+    scheduler._step_index = 1
+    out = scheduler.step(
+        v, t, x, per_token_timesteps=per_token, generator=torch.Generator().manual_seed(7), return_dict=False
+    )[0]
+    assert torch.equal(out[0, 1], x[0, 1])  # the given token stays, bit for bit
+    torch.testing.assert_close(out[0, [0, 2]], expected[0, [0, 2]], atol=1e-6, rtol=0)
+    assert not torch.allclose(out[0, 0], x[0, 0] + (sig[2] - sig[1]) * v[0, 0], atol=1e-3)  # not the Euler step

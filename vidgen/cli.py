@@ -59,6 +59,22 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _add_sampler_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sampler", choices=("stochastic", "euler"), default=None,
+        help="denoising steps: re-noise the predicted clean video with fresh noise at every level, or "
+        "move along the velocity (default: the model's scheduler config; the embedded model: stochastic)",
+    )  # fmt: skip
+
+
+def _set_sampler(pipe, args) -> None:
+    """``--sampler``: the scheduler's ``stochastic_sampling`` flag, set on a copy of its config."""
+    if args.sampler is None:
+        return
+    stochastic = args.sampler == "stochastic"
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, stochastic_sampling=stochastic)
+
+
 def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> None:
     p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the embedded model)")
     p.add_argument("--prompt", default=None if not masked else "", help="text describing the video")
@@ -78,6 +94,7 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
         help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE_SCALE:g}; 1, off, with --autoregressive)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_sampler_flag(p)
     p.add_argument("--output", default=None, help="output .mp4, .gif, or folder of PNGs (no extension)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument(
@@ -175,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first generator seed (clip i uses seed + i); several, comma-separated, pool their videos "
         "and add a row per seed (default 0)",
     )  # fmt: skip
+    _add_sampler_flag(evaluate)
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
     evaluate.add_argument("--lora", default=None, help="evaluate with these LoRA weights")
@@ -357,6 +375,9 @@ def _t2v_pipeline(args) -> tuple[type, dict]:
     """The text-to-video pipeline class the flags ask for, and its extra call arguments."""
     from . import VidGenAutoregressivePipeline, VidGenHierarchicalPipeline, VidGenPipeline
 
+    for flag in ("autoregressive", "hierarchical"):
+        if args.sampler is not None and getattr(args, flag):
+            raise CLIError(f"--sampler applies to the scheduler's steps; --{flag} samples with its own")
     if args.autoregressive:
         return VidGenAutoregressivePipeline, {"kv_cache_frames": args.kv_cache_frames}
     if args.hierarchical:
@@ -407,6 +428,7 @@ def run_prompts(args, state) -> int:
     _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)
     _set_attention_kind(pipe, args)
     _load_lora(pipe, args)
+    _set_sampler(pipe, args)
     fps = args.fps or pipe.default_frame_rate
     out.mkdir(parents=True, exist_ok=True)
     with state.split_between_processes(list(range(len(prompts)))) as mine:
@@ -448,6 +470,7 @@ def run_eval(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(VidGenPipeline, args.model, args.dtype, device)
     pipe.set_progress_bar_config(disable=True)
     _load_lora(pipe, args)
+    _set_sampler(pipe, args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = set(tasks) - {"t2v", "i2v", "predict", "interpolate"}
     if unknown:
@@ -516,6 +539,7 @@ def run(args: argparse.Namespace) -> int:
         _set_attention(pipe, "sdpa" if args.attention == "draft" else args.attention)
         _set_attention_kind(pipe, args)
         _load_lora(pipe, args)
+        _set_sampler(pipe, args)
         fps = args.fps or pipe.default_frame_rate
         common = dict(
             negative_prompt=args.negative_prompt,
