@@ -14,10 +14,11 @@ only what it lacks:
 
 ``stochastic_sampling=True`` (the embedded default model ships with it): each step predicts the clean
 sample ``x0 = x - sigma * v`` and re-noises it to the next level with fresh noise, instead of moving along
-``v``. Pass the pipeline's ``generator`` to ``step`` to keep it reproducible. On the default model it raised
-text-to-video direction from 77 to 92 and count from 91 to 97 (README, "Sampling"): a deterministic
-trajectory commits to the blurred layouts of the first steps, and an object can end up in two places that
-the clip alternates between; fresh noise at every level lets the model re-decide from its own clean guess.
+``v``. Pass the pipeline's ``generator`` to ``step`` to keep it reproducible. On the default model it
+raised text-to-video direction from 77 to 92 and count from 91 to 97 (seeds 1000 and 2000; README,
+"Sampling"). A deterministic trajectory commits to the blurred layouts of the first steps, and an object
+can end up in two places that the clip alternates between; fresh noise at every level lets the model
+re-decide from its own clean guess.
 
 Forward process ``x_t = (1 - sigma) * x_0 + sigma * noise``; the model predicts ``v = noise - x_0``.
 """
@@ -111,10 +112,10 @@ class VidGenFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         return_dict: bool = True,
         **kwargs,
     ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
-        """One Euler step. With ``per_token_timesteps`` ``(B, N)`` (``sample``: ``(B, N, C)``), each token
-        goes from ``sigma_i = t_i / num_train_timesteps`` to the largest scheduled sigma below it (0 past
-        the end); a token at ``t = 0`` is returned unchanged. ``generator`` draws the fresh noise of
-        ``stochastic_sampling``."""
+        """One step: Euler, or with ``stochastic_sampling`` the clean prediction re-noised with fresh noise
+        drawn from ``generator``. With ``per_token_timesteps`` ``(B, N)`` (``sample``: ``(B, N, C)``), each
+        token goes from ``sigma_i = t_i / num_train_timesteps`` to the largest scheduled sigma below it (0
+        past the end); a token at ``t = 0`` is returned unchanged."""
         if per_token_timesteps is None:
             return super().step(
                 model_output, timestep, sample, generator=generator, return_dict=return_dict, **kwargs
