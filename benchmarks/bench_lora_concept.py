@@ -43,8 +43,8 @@ import torch
 
 from vidgen import DEFAULT_MODEL, VidGenPipeline
 from vidgen.data import shapes
-from vidgen.schedulers import VidGenFlowMatchScheduler
 from vidgen.eval import BIG_SIDE, STILL_PIXELS, evaluation_set, read_video, summarize
+from vidgen.schedulers import VidGenFlowMatchScheduler
 from vidgen.training.train_lora import main as train_lora
 from vidgen.video_io import export_to_video
 
