@@ -50,14 +50,17 @@ def test_each_euler_step_is_closed_form():
         torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
 
 
-def test_per_token_step_keeps_clean_tokens_and_follows_closed_form():
-    scheduler = VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG)
+def _four_step_scheduler_and_sample(seed: int, shape: tuple, **config):
+    """A 4-step scheduler for 300 tokens, its sigmas, a sample ``x`` and a velocity ``v``, and step 1's ``t``."""
+    scheduler = VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG, **config)
     scheduler.set_timesteps(4, num_tokens=300)
-    sig = scheduler.sigmas
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 4, 3, generator=g)
-    v = torch.randn(1, 4, 3, generator=g)
-    t = scheduler.timesteps[1]
+    g = torch.Generator().manual_seed(seed)
+    x, v = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    return scheduler, scheduler.sigmas, x, v, scheduler.timesteps[1]
+
+
+def test_per_token_step_keeps_clean_tokens_and_follows_closed_form():
+    scheduler, sig, x, v, t = _four_step_scheduler_and_sample(1, (1, 4, 3))
     # Tokens: at the current level, given (t = 0), between levels 0 and 1, and at the top level.
     between = (sig[0] + sig[1]) / 2
     per_token = torch.stack([t, torch.tensor(0.0), between * 1000, sig[0] * 1000])[None]
@@ -82,15 +85,10 @@ def test_bad_arguments():
 
 
 def test_stochastic_steps_renoise_the_predicted_clean_sample_and_keep_given_tokens():
-    scheduler = VidGenFlowMatchScheduler(**LTX_SCHEDULER_CONFIG, stochastic_sampling=True)
-    scheduler.set_timesteps(4, num_tokens=300)
-    sig = scheduler.sigmas
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(1, 3, 5, generator=g)
-    v = torch.randn(1, 3, 5, generator=g)
-    t = scheduler.timesteps[1]
+    scheduler, sig, x, v, t = _four_step_scheduler_and_sample(2, (1, 3, 5), stochastic_sampling=True)
     noise = torch.randn(1, 3, 5, generator=torch.Generator().manual_seed(7))
-    expected = (1 - sig[2]) * (x - sig[1] * v) + sig[2] * noise  # x0 = x - sigma * v, re-noised to the next level
+    # x0 = x - sigma * v, re-noised to the next level
+    expected = (1 - sig[2]) * (x - sig[1] * v) + sig[2] * noise
     # Scalar step (diffusers' stochastic_sampling) and per-token step draw the same noise from the generator.
     scheduler._step_index = 1
     scalar = scheduler.step(v, t, x, generator=torch.Generator().manual_seed(7), return_dict=False)[0]
@@ -102,4 +100,5 @@ def test_stochastic_steps_renoise_the_predicted_clean_sample_and_keep_given_toke
     )[0]
     assert torch.equal(out[0, 1], x[0, 1])  # the given token stays, bit for bit
     torch.testing.assert_close(out[0, [0, 2]], expected[0, [0, 2]], atol=1e-6, rtol=0)
-    assert not torch.allclose(out[0, 0], x[0, 0] + (sig[2] - sig[1]) * v[0, 0], atol=1e-3)  # not the Euler step
+    euler = x[0, 0] + (sig[2] - sig[1]) * v[0, 0]
+    assert not torch.allclose(out[0, 0], euler, atol=1e-3)  # not the Euler step

@@ -11,6 +11,7 @@ ground truth) read correctly.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -312,7 +313,7 @@ def evaluate(
     results = {}
     for task in tasks:
         reports, psnrs, errors, report_seeds = [], [], [], []
-        for s, (i, clip) in ((s, ic) for s in seeds for ic in enumerate(clips)):
+        for s, (i, clip) in itertools.product(seeds, enumerate(clips)):
             g = torch.Generator().manual_seed(s + i)
             if task == "t2v":
                 video = pipe(prompt=clip.caption, generator=g, **common).frames[0]
