@@ -40,6 +40,7 @@ from vidgen import (
 )
 from vidgen.data import shapes
 from vidgen.eval import evaluation_set, score_windows
+from vidgen.pipelines.common import DEFAULT_GUIDANCE_SCALE
 
 METRICS = ("count", "color", "shape", "size_stability", "speed", "background")
 
@@ -82,20 +83,25 @@ def window_table(results: dict, length: int) -> str:
     return "\n".join(lines)
 
 
-def summary_table(all_results: dict) -> str:
-    """Per length and method: the first and the last window, and the worst window's count and color."""
+def summary_table(all_results: dict, two_objects: list[bool]) -> str:
+    """Per length and method: the first and the last window, and the worst window's count and color; the
+    count over the two-object captions alone (``two_objects[i]``: video ``i`` has two), where it is lost."""
     lines = [
-        "| length | method | count first / last / worst | color first / last / worst | background last |",
-        "|---|---|---|---|---|",
+        "| length | method | count first / last / worst | color first / last / worst | "
+        "two objects: count first / last / worst | background last |",
+        "|---|---|---|---|---|---|",
     ]
     for length, results in all_results.items():
         for method, rows in results.items():
-            count = [np.mean([v[w]["count"] for v in rows]) for w in range(len(rows[0]))]
-            color = [np.mean([v[w]["color"] for v in rows]) for w in range(len(rows[0]))]
+            windows = range(len(rows[0]))
+            count = [np.mean([v[w]["count"] for v in rows]) for w in windows]
+            color = [np.mean([v[w]["color"] for v in rows]) for w in windows]
+            pairs = [np.mean([v[w]["count"] for v, two in zip(rows, two_objects) if two]) for w in windows]
             background = np.mean([v[-1]["background"] for v in rows])
             lines.append(
                 f"| {length} | {method} | {count[0]:.0f} / {count[-1]:.0f} / {min(count):.0f} | "
-                f"{color[0]:.0f} / {color[-1]:.0f} / {min(color):.0f} | {background:.1f} |"
+                f"{color[0]:.0f} / {color[-1]:.0f} / {min(color):.0f} | "
+                f"{pairs[0]:.0f} / {pairs[-1]:.0f} / {min(pairs):.0f} | {background:.1f} |"
             )
     return "\n".join(lines)
 
@@ -112,7 +118,8 @@ def speed_table(pipe, masked, students: dict, teacher_steps: int, length: int) -
     pipe(caption, num_inference_steps=teacher_steps, output_type="np", generator=torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - tic
     n = pipe.default_video_size[0]
-    lines.append(f"| teacher ({teacher_steps} steps, guidance 3) | {n} frames | {n / seconds:.1f} | {seconds:.2f} |  |")
+    teacher = f"teacher ({teacher_steps} steps, guidance {DEFAULT_GUIDANCE_SCALE:g})"
+    lines.append(f"| {teacher} | {n} frames | {n / seconds:.1f} | {seconds:.2f} |  |")
     tic = time.perf_counter()
     teacher_sliding(pipe, masked, caption, length, 0, teacher_steps)
     seconds = time.perf_counter() - tic
@@ -205,7 +212,7 @@ def main():
         all_results[length] = results
         print("\n" + window_table(results, length) + "\n", flush=True)
 
-    summary = summary_table(all_results)
+    summary = summary_table(all_results, [len(clip.objects) == 2 for clip in clips])
     speed = speed_table(pipe, masked, students, args.teacher_steps, max(all_results))
     print(summary + "\n\n" + speed)
     if args.results:

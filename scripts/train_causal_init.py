@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vidgen import DEFAULT_MODEL, VidGenPipeline
+from vidgen.pipelines.common import DEFAULT_GUIDANCE_SCALE
 from vidgen.training.checkpoint import (
     append_csv,
     load_latest_checkpoint,
@@ -65,7 +66,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--few-steps", type=int, default=4, help="the student's denoising levels per chunk")
     p.add_argument("--pairs", type=int, default=1024, help="ODE pairs (rounded up to shards of 64)")
-    p.add_argument("--guidance", type=float, default=3.0, help="the teacher's guidance scale")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULT_GUIDANCE_SCALE,
+        help="the teacher's guidance scale (default: the pipelines' default)",
+    )
     p.add_argument("--substeps", type=int, default=8, help="teacher Euler steps between two levels")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16)

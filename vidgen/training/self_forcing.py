@@ -22,6 +22,7 @@ import torch
 
 from ..data import shapes
 from ..models import KVCache, VidGenTransformer3DModel
+from ..pipelines.common import DEFAULT_GUIDANCE_SCALE
 from .checkpoint import (
     append_csv,
     load_latest_checkpoint,
@@ -253,7 +254,12 @@ class Distillation:
         p.add_argument("--batch", type=int, default=8)
         p.add_argument("--lr", type=float, default=1e-5, help="student learning rate")
         p.add_argument("--critic-lr", type=float, default=2e-5)
-        p.add_argument("--guidance", type=float, default=3.0, help="the teacher's guidance (real score)")
+        p.add_argument(
+            "--guidance",
+            type=float,
+            default=DEFAULT_GUIDANCE_SCALE,
+            help="the teacher's guidance (real score; default: the pipelines' default)",
+        )
         p.add_argument("--ema", type=float, default=0.99)
         p.add_argument(
             "--ema-start", type=int, default=50, help="generator update from which the EMA averages"
