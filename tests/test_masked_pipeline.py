@@ -4,6 +4,7 @@ import torch
 
 from vidgen import VidGenMaskedVideoPipeline, VidGenPipeline
 from vidgen.data.shapes import sample_clip
+from vidgen.schedulers import VidGenFlowMatchScheduler
 from vidgen.testing import tiny_components
 
 
@@ -45,8 +46,6 @@ def test_given_frames_come_back_unchanged(pipe, clip, kwargs, given_frames):
 
 @pytest.mark.parametrize("stochastic", [False, True])
 def test_given_latent_tokens_stay_exact(pipe, clip, stochastic):
-    from vidgen.schedulers import VidGenFlowMatchScheduler
-
     scheduler = VidGenFlowMatchScheduler.from_config(pipe.scheduler.config, stochastic_sampling=stochastic)
     pipe = VidGenMaskedVideoPipeline.from_pipe(pipe, scheduler=scheduler)  # fresh noise at every step
     pipe.set_progress_bar_config(disable=True)
