@@ -103,6 +103,14 @@ def summary_table(all_results: dict, two_objects: list[bool]) -> str:
                 f"{color[0]:.0f} / {color[-1]:.0f} / {min(color):.0f} | "
                 f"{pairs[0]:.0f} / {pairs[-1]:.0f} / {min(pairs):.0f} | {background:.1f} |"
             )
+    n, n_two = len(two_objects), sum(two_objects)
+    lines += [
+        "",
+        f"{n} videos per row, {n_two} with two objects: one video moves a window's count by {100 / n:.1f} "
+        f"points ({100 / max(n_two, 1):.1f} in the two-object column). Rollouts of the same captions at other "
+        "seeds (40 captions, generator seeds 0.. and 1000..) moved the shipped student's mean two-object count "
+        "from 78.5 to 81.5 and a longer-trained one's from 61 to 84.5: tell methods apart on several seed sets.",
+    ]
     return "\n".join(lines)
 
 
