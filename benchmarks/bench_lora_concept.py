@@ -137,11 +137,11 @@ def generate(pipe, prompts, steps, seed_base):
     return videos
 
 
-def evaluate(pipe, concept, prompts, standard, steps) -> dict[str, float]:
+def evaluate(pipe, concept, prompts, standard, steps, seed_base=0) -> dict[str, float]:
     """How often ``concept`` is found in the ``prompts``' videos, and the evaluator's scores on ``standard``."""
     tic = time.time()
-    concept_videos = generate(pipe, prompts, steps, 0)
-    standard_videos = generate(pipe, standard, steps, 0)
+    concept_videos = generate(pipe, prompts, steps, seed_base)
+    standard_videos = generate(pipe, standard, steps, seed_base)
     found = [concept_found(concept, v, prompt) for v, prompt in zip(concept_videos, prompts)]
     scores = summarize([read_video(v, c) for v, c in zip(standard_videos, standard)])
     return {"concept found": 100.0 * float(np.mean(found)), **scores,
@@ -191,6 +191,15 @@ def main():
     p.add_argument("--eval-concept", type=int, default=40, help="held-out prompts naming the concept")
     p.add_argument("--eval-standard", type=int, default=100, help="held-out Shapes prompts")
     p.add_argument("--sample-steps", type=int, default=30)
+    p.add_argument(
+        "--eval-seed", type=int, default=0,
+        help="generator seed of the first evaluation video (video i uses this + i): another value checks a "
+        "choice made on the default seeds on videos it was not made on",
+    )  # fmt: skip
+    p.add_argument(
+        "--lora-scale", default="1",
+        help="the LoRA's scale when sampling (set_adapters); comma-separated to evaluate each seed at each",
+    )  # fmt: skip
     p.add_argument(
         "--sampler", choices=("euler", "stochastic"), default="euler",
         help="denoising steps when sampling (default euler: with the default model's stochastic steps, the "
@@ -247,15 +256,18 @@ def main():
         pipe.scheduler.config, stochastic_sampling=args.sampler == "stochastic"
     )
     pipe.set_progress_bar_config(disable=True)
-    rows = {"base": evaluate(pipe, args.concept, prompts, standard, args.sample_steps)}
+    rows = {"base": evaluate(pipe, args.concept, prompts, standard, args.sample_steps, args.eval_seed)}
+    scales = [float(s) for s in args.lora_scale.split(",")]
     for seed in seeds:
         pipe.load_lora_weights(lora_dirs[seed], adapter_name=f"{args.concept}_{seed}")
         if args.learn_word:
             pipe.load_textual_inversion(lora_dirs[seed])
-        rows[f"LoRA, seed {seed}"] = {
-            **evaluate(pipe, args.concept, prompts, standard, args.sample_steps),
-            "minutes": train_minutes[seed],
-        }
+        for scale in scales:
+            pipe.set_adapters([f"{args.concept}_{seed}"], [scale])
+            rows[row_name(seed, scale, scales)] = {
+                **evaluate(pipe, args.concept, prompts, standard, args.sample_steps, args.eval_seed),
+                "minutes": train_minutes[seed],
+            }
         pipe.unload_lora_weights()
         if args.learn_word:
             pipe.unload_textual_inversion()
@@ -273,20 +285,32 @@ def main():
         + (f"; mixed precision {args.mixed_precision}" if args.mixed_precision != "no" else "")
         + (f"; noise levels logit-normal, mean {args.logit_mean:g}" if args.logit_mean is not None else "")
     )
-    print(f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}\n")
-    trained = [rows[f"LoRA, seed {seed}"] for seed in seeds]
+    print(
+        f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}; "
+        f"generator seeds from {args.eval_seed}\n"
+    )
     if len(seeds) > 1:
-        rows["LoRA, mean over seeds"] = {m: float(np.mean([r[m] for r in trained])) for m in trained[0]}
+        for scale in scales:
+            trained = [rows[row_name(seed, scale, scales)] for seed in seeds]
+            rows[row_name("mean over seeds", scale, scales)] = {
+                m: float(np.mean([r[m] for r in trained])) for m in trained[0]
+            }
     metrics = ["concept found", "color", "shape", "direction", "count", "s/video", "minutes"]
     print("| model | " + " | ".join(metrics) + " |")
     print("|---" * (len(metrics) + 1) + "|")
     for name, scores in rows.items():
         print(f"| {name} | " + " | ".join(f"{scores[m]:.1f}" if m in scores else "" for m in metrics) + " |")
-    for seed, scores in zip(seeds, trained):
+    for seed, scale in itertools.product(seeds, scales):
+        scores = rows[row_name(seed, scale, scales)]
         delta = ", ".join(
             f"{m} {scores[m] - rows['base'][m]:+.1f}" for m in ("color", "shape", "direction", "count")
         )
-        print(f"seed {seed}, change on prompts without the new word: {delta}")
+        print(f"{row_name(seed, scale, scales)}, change on prompts without the new word: {delta}")
+
+
+def row_name(seed, scale: float, scales: list[float]) -> str:
+    name = f"LoRA, seed {seed}" if isinstance(seed, int) else f"LoRA, {seed}"
+    return name if scales == [1.0] else f"{name}, scale {scale:g}"
 
 
 if __name__ == "__main__":
