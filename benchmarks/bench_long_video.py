@@ -178,6 +178,11 @@ def main():
         "model keeps its students' in text_encoder_causal/)",
     )  # fmt: skip
     p.add_argument("--teacher-steps", type=int, default=30)
+    p.add_argument(
+        "--seed", type=int, default=0,
+        help="generator seed of the first caption's video (caption i uses this + i): other seed sets tell "
+        "apart methods that one set leaves a video or two apart",
+    )  # fmt: skip
     p.add_argument("--skip-teacher", action="store_true", help="students only")
     p.add_argument("--results", default=None, help="Markdown file to write the tables and plot into")
     args = p.parse_args()
@@ -210,9 +215,9 @@ def main():
             rows = []
             for i, clip in enumerate(clips):
                 if ar is None:
-                    video = teacher_sliding(pipe, masked, clip.caption, length, i, args.teacher_steps)
+                    video = teacher_sliding(pipe, masked, clip.caption, length, args.seed + i, args.teacher_steps)
                 else:
-                    video = causal(ar, clip.caption, length, i)
+                    video = causal(ar, clip.caption, length, args.seed + i)
                 rows.append(score_windows(to_uint8(video), clip.caption))
             results[method] = rows
             print(f"{length} frames, {method}: {time.time() - tic:.0f}s", flush=True)
@@ -221,7 +226,7 @@ def main():
 
     summary = summary_table(all_results, [len(clip.objects) == 2 for clip in clips])
     speed = speed_table(pipe, masked, students, args.teacher_steps, max(all_results))
-    print(summary + "\n\n" + speed)
+    print(f"generator seeds {args.seed}..{args.seed + len(clips) - 1}\n" + summary + "\n\n" + speed)
     if args.results:
         results_path = Path(args.results)
         results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +236,7 @@ def main():
             [
                 "## Long videos: teacher by sliding windows vs causal students",
                 f"`python benchmarks/bench_long_video.py --num {args.num} --lengths {args.lengths} ...` "
-                f"({len(clips)} held-out captions, seeds 0..{len(clips) - 1}).",
+                f"({len(clips)} held-out captions, seeds {args.seed}..{args.seed + len(clips) - 1}).",
                 summary,
                 f"![count, color and background brightness over time]({png.name})",
                 "Streaming speed:",

@@ -49,9 +49,8 @@ def main(argv=None):
 
     def generate(g, grad: bool, exit_step: int):
         """Captions and a rollout of the teacher's horizon."""
-        captions = training_captions(
-            np.random.default_rng([args.seed, int(torch.randint(1 << 30, (1,), generator=g))]), args.batch
-        )
+        rng = np.random.default_rng([args.seed, int(torch.randint(1 << 30, (1,), generator=g))])
+        captions = training_captions(rng, args.batch, args.two_object_share)
         text, uncond = d.text(captions)
         noise = torch.randn((args.batch, C, F, H, W), generator=g).to(accelerator.device)
         x, _ = rollout(d.student, noise, text, d.sigmas, [exit_step] * chunks, g, grad=grad)

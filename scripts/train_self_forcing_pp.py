@@ -81,9 +81,8 @@ def main(argv=None):
         picks = torch.randint(0, len(regen), (args.critic_ratio + 1,), generator=shared).tolist()
         exit_step = int(torch.randint(0, len(d.sigmas), (1,), generator=shared))
         g = torch.Generator().manual_seed(args.seed * 7_000_003 + step * 1009 + accelerator.process_index)
-        captions = training_captions(
-            np.random.default_rng([args.seed, step, accelerator.process_index]), args.batch
-        )
+        rng = np.random.default_rng([args.seed, step, accelerator.process_index])
+        captions = training_captions(rng, args.batch, args.two_object_share)
         text, uncond = d.text(captions)
         noise = torch.randn((args.batch, C, L, H, W), generator=g).to(accelerator.device)
 

@@ -16,6 +16,7 @@ from vidgen.training.self_forcing import (
     guided_x0,
     rollout,
     teacher_trajectory,
+    training_captions,
 )
 
 PROMPT = "a red circle moves right"
@@ -109,6 +110,19 @@ def test_teacher_trajectory_starts_at_the_noise_and_ends_on_the_guided_predictio
     torch.testing.assert_close(one, expected, atol=1e-5, rtol=0)
 
 
+def test_training_captions_take_the_worlds_mix_or_the_asked_two_object_share():
+    def two_object_share(captions):
+        return np.mean([" and " in c for c in captions])
+
+    world = training_captions(np.random.default_rng(0), 2000)
+    assert 0.45 < two_object_share(world) < 0.55  # one or two objects alike
+    assert two_object_share(training_captions(np.random.default_rng(0), 200, 1.0)) == 1.0
+    assert two_object_share(training_captions(np.random.default_rng(0), 200, 0.0)) == 0.0
+    assert 0.75 < two_object_share(training_captions(np.random.default_rng(0), 2000, 0.8)) < 0.85
+    with pytest.raises(ValueError, match="two_object_share must be in \\[0, 1\\]; got 1.5"):
+        training_captions(np.random.default_rng(0), 4, 1.5)
+
+
 def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(
     load_script, teacher_pipe, tmp_path, monkeypatch
 ):
@@ -136,7 +150,7 @@ def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(
 
     pp = load_script("train_self_forcing_pp")
     pp.main(["--out", str(tmp_path / "pp"), "--student", str(tmp_path / "sf" / "transformer_causal"),
-             "--steps", "2", "--rollout-frames", "6", *common])  # fmt: skip
+             "--steps", "2", "--rollout-frames", "6", "--two-object-share", "1", *common])  # fmt: skip
     causal = VidGenTransformer3DModel.from_pretrained(tmp_path / "pp" / "transformer_causal")
     pipe = VidGenAutoregressivePipeline.from_pipe(teacher_pipe, transformer=causal)
     video = pipe(PROMPT, num_frames=29, output_type="np", generator=torch.Generator().manual_seed(0)).frames

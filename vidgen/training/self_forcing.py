@@ -61,9 +61,16 @@ def bidirectional_copy(teacher: VidGenTransformer3DModel) -> VidGenTransformer3D
     return critic
 
 
-def training_captions(rng: np.random.Generator, n: int) -> list[str]:
-    """Captions of the Shapes world's training distribution (never the held-out combinations)."""
-    return [shapes.caption_of(shapes.sample_objects(rng)) for _ in range(n)]
+def training_captions(rng: np.random.Generator, n: int, two_object_share: float | None = None) -> list[str]:
+    """Captions of the Shapes world's training distribution (never the held-out combinations): one or
+    two objects with equal odds, or two with probability ``two_object_share`` when given."""
+    if two_object_share is not None and not 0 <= two_object_share <= 1:
+        raise ValueError(f"two_object_share must be in [0, 1]; got {two_object_share}")
+    captions = []
+    for _ in range(n):
+        num_objects = None if two_object_share is None else 1 + int(rng.random() < two_object_share)
+        captions.append(shapes.caption_of(shapes.sample_objects(rng, num_objects=num_objects)))
+    return captions
 
 
 @torch.no_grad()
@@ -264,6 +271,10 @@ class Distillation:
         p.add_argument(
             "--ema-start", type=int, default=50, help="generator update from which the EMA averages"
         )
+        p.add_argument(
+            "--two-object-share", type=float, default=None,
+            help="share of two-object training captions (default: the world's, one or two objects alike)",
+        )  # fmt: skip
         p.add_argument("--checkpoint-every", type=int, default=25)
         p.add_argument("--seed", type=int, default=0)
 
