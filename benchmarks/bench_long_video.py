@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_streaming import stream_speed  # benchmarks/bench_streaming.py
 from results_md import write_section  # benchmarks/results_md.py
 from transformers import T5EncoderModel
 
@@ -133,12 +134,8 @@ def speed_table(pipe, masked, students: dict, teacher_steps: int, length: int) -
     lines.append(f"| teacher-sliding ({teacher_steps} steps) | {length} frames | {length / seconds:.1f} | (17 frames first) |  |")
     for name, ar in students.items():
         list(ar.stream(caption, num_frames=17))  # warm-up
-        tic = time.perf_counter()
-        first = None
-        for _ in ar.stream(caption, num_frames=length, generator=torch.Generator().manual_seed(0)):
-            first = first or time.perf_counter() - tic
-        seconds = time.perf_counter() - tic
-        lines.append(f"| {name} (4 steps, streaming) | {length} frames | {length / seconds:.1f} | {first:.3f} |  |")
+        frames_per_second, first = stream_speed(ar, caption, length)
+        lines.append(f"| {name} (4 steps, streaming) | {length} frames | {frames_per_second:.1f} | {first:.3f} |  |")
     return "\n".join(lines)
 
 

@@ -14,9 +14,20 @@ import torch
 from vidgen import DEFAULT_MODEL, VidGenAutoregressivePipeline, causal_components
 
 
-def synchronize(device: str):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def stream_speed(pipe, prompt: str, num_frames: int, device: str = "cpu", seed: int = 0) -> tuple[float, float]:
+    """One streamed rollout: (frames per second, seconds to the first decoded frames). No warm-up."""
+
+    def synchronize():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    start, first, frames = time.perf_counter(), None, 0
+    for chunk in pipe.stream(prompt, num_frames=num_frames, generator=torch.Generator().manual_seed(seed)):
+        synchronize()
+        frames += chunk.shape[1]  # (1, f, H, W, 3)
+        first = first if first is not None else time.perf_counter() - start
+    synchronize()
+    return frames / (time.perf_counter() - start), first
 
 
 def main():
@@ -35,13 +46,8 @@ def main():
     print("|---|---|---|")
     for num_frames in (int(n) for n in args.lengths.split(",")):
         pipe(prompt, num_frames=num_frames, generator=torch.Generator().manual_seed(0))  # warm-up
-        start, first, frames = time.perf_counter(), None, 0
-        for chunk in pipe.stream(prompt, num_frames=num_frames, generator=torch.Generator().manual_seed(1)):
-            synchronize(args.device)
-            frames += chunk.shape[1]  # (1, f, H, W, 3)
-            first = first if first is not None else time.perf_counter() - start
-        synchronize(args.device)
-        print(f"| {frames} | {frames / (time.perf_counter() - start):.1f} | {first:.3f} |")
+        frames_per_second, first = stream_speed(pipe, prompt, num_frames, args.device, seed=1)
+        print(f"| {num_frames} | {frames_per_second:.1f} | {first:.3f} |")
 
 
 if __name__ == "__main__":
