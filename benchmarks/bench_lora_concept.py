@@ -312,7 +312,9 @@ def main():
     print("|---" * (len(metrics) + 1) + "|")
     for name, scores in rows.items():
         print(f"| {name} | " + " | ".join(f"{scores[m]:.1f}" if m in scores else "" for m in metrics) + " |")
-    for seed, scale in itertools.product(seeds, scales) if "base" in rows else ():
+    if "base" not in rows:  # --skip-base: no row to measure the change against
+        return
+    for seed, scale in itertools.product(seeds, scales):
         scores = rows[row_name(seed, scale, scales)]
         delta = ", ".join(
             f"{m} {scores[m] - rows['base'][m]:+.1f}" for m in ("color", "shape", "direction", "count")
