@@ -19,6 +19,11 @@ baseline that shows what distillation adds. Design decisions (the paper has no c
   up to its aligned block (the blocks above it never reach the loss).
 - The student reads the teacher's text encoder, frozen: both students then start with the same
   language, and the comparison isolates the feature alignment.
+- ``--student-from-teacher 0,2,4,6`` (not in the paper, whose student and teacher are different
+  architectures): the student takes the teacher's width and a copy of the listed blocks, caption
+  projection and timestep embedding; only its input and output projections, which face the other
+  latent space, start new. Positions are grid indices, so a copied block sees neighbours twice as far
+  apart in pixels; training adapts it. It is still smaller (fewer blocks over 4x fewer tokens).
 
 Steps: 1. latent cache (both VAEs; shards of 64 written atomically, a rerun skips existing ones);
 2. student and projector; 3. training (resumable; data order and noise are functions of seed and
@@ -68,6 +73,12 @@ def parse_args(argv=None):
     p.add_argument("--student-layers", type=int, default=4)
     p.add_argument("--student-heads", type=int, default=2)
     p.add_argument("--student-head-dim", type=int, default=64)
+    p.add_argument(
+        "--student-from-teacher",
+        default=None,
+        help="comma-separated teacher blocks the student starts from (its width and depth follow; "
+        "--student-layers/heads/head-dim are then ignored)",
+    )
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=24)
     p.add_argument("--lr", type=float, default=7e-4)
@@ -154,6 +165,38 @@ def distillation_loss(args, batch, student, projector, teacher, text_encoder, si
 
 
 # --------------------------------------------------------------------------------------------------
+# 2. A student that starts from some of the teacher's blocks (--student-from-teacher).
+def student_from_teacher(teacher, blocks: str, student_vae, grid_s) -> VidGenTransformer3DModel:
+    """The teacher's architecture on the student's latents and grid, with ``blocks`` (e.g. "0,2,4,6")
+    copied in order; every other weight but ``proj_in`` / ``proj_out`` copied too."""
+    picked = [int(b) for b in blocks.split(",")]
+    depth = len(teacher.transformer_blocks)
+    if not picked or any(not 0 <= b < depth for b in picked):
+        raise ValueError(f"--student-from-teacher must list blocks in [0, {depth}); got {blocks!r}")
+    config = dict(teacher.config) | {
+        "in_channels": student_vae.config.latent_channels,
+        "out_channels": None,
+        "num_layers": len(picked),
+        "sample_size": grid_s,
+    }
+    student = VidGenTransformer3DModel.from_config(config)
+    source = teacher.state_dict()
+    state = {}
+    for name in student.state_dict():
+        if name.startswith(("proj_in.", "proj_out.")):
+            continue  # these face the other latent space: new, as the constructor made them
+        if name.startswith("transformer_blocks."):
+            _, i, rest = name.split(".", 2)
+            name_t = f"transformer_blocks.{picked[int(i)]}.{rest}"
+        else:
+            name_t = name
+        state[name] = source[name_t]
+    missing = student.load_state_dict(state, strict=False).missing_keys
+    assert all(m.startswith(("proj_in.", "proj_out.")) for m in missing), missing
+    return student
+
+
+# --------------------------------------------------------------------------------------------------
 def main(argv=None):
     args = parse_args(argv)
     run = Path(args.out)
@@ -177,24 +220,30 @@ def main(argv=None):
     depth = len(teacher.transformer_blocks)
     if not 0 <= args.teacher_block < depth:
         raise ValueError(f"--teacher-block must be in [0, {depth}); got {args.teacher_block}")
-    # The teacher only up to its aligned block: the blocks above it never reach the loss.
-    teacher.transformer_blocks = teacher.transformer_blocks[: args.teacher_block + 1]
     text_encoder = teacher_pipe.text_encoder.to(device).eval().requires_grad_(False)
 
     # 2. Student DiT on the compressed grid, and the projector into the teacher's feature space.
     torch.manual_seed(args.seed)
-    student = VidGenTransformer3DModel(
-        in_channels=student_vae.config.latent_channels,
-        num_layers=args.student_layers,
-        num_attention_heads=args.student_heads,
-        attention_head_dim=args.student_head_dim,
-        caption_channels=text_encoder.config.d_model,
-        block_layout="full",
-        sample_size=grid_s,
-        sample_frame_rate=teacher.config.sample_frame_rate,
-    ).to(device)
-    if not 0 <= args.student_block < args.student_layers:
-        raise ValueError(f"--student-block must be in [0, {args.student_layers}); got {args.student_block}")
+    if args.student_from_teacher:
+        student = student_from_teacher(teacher, args.student_from_teacher, student_vae, grid_s)
+    else:
+        student = VidGenTransformer3DModel(
+            in_channels=student_vae.config.latent_channels,
+            num_layers=args.student_layers,
+            num_attention_heads=args.student_heads,
+            attention_head_dim=args.student_head_dim,
+            caption_channels=text_encoder.config.d_model,
+            block_layout="full",
+            sample_size=grid_s,
+            sample_frame_rate=teacher.config.sample_frame_rate,
+        )
+    student = student.to(device)
+    # The teacher only up to its aligned block: the blocks above it never reach the loss.
+    teacher.transformer_blocks = teacher.transformer_blocks[: args.teacher_block + 1]
+    if not 0 <= args.student_block < student.config.num_layers:
+        raise ValueError(
+            f"--student-block must be in [0, {student.config.num_layers}); got {args.student_block}"
+        )
     modules = {"student": student}
     if args.align_weight > 0:  # no projector without alignment: the baseline is the student alone
         modules["projector"] = FeatureProjector(

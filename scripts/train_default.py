@@ -103,6 +103,9 @@ def parse_args():
     )
     p.add_argument("--vae-preset", choices=sorted(AUTOENCODER_PRESETS), default="shapes")
     p.add_argument("--vae-channels", default=None, help="VAE block widths, comma-separated")
+    p.add_argument(
+        "--vae-latent-channels", type=int, default=None, help="latent channels (default: the preset's)"
+    )
     p.add_argument("--stop-after", choices=("vae", "cache"), default=None, help="stop after this stage")
     p.add_argument("--clips", type=int, default=8000, help="training clips in the latent cache")
     p.add_argument("--dit-steps", type=int, default=3800)
@@ -423,6 +426,8 @@ def train_vae(args, run: Path, accelerator: Accelerator) -> VidGenVideoAutoencod
     config = dict(AUTOENCODER_PRESETS[args.vae_preset])
     if args.vae_channels:
         config["block_out_channels"] = tuple(int(c) for c in args.vae_channels.split(","))
+    if args.vae_latent_channels:
+        config["latent_channels"] = args.vae_latent_channels
     vae = VidGenVideoAutoencoder(**config)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     ckpt = run / "vae_ckpt"

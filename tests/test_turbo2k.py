@@ -254,3 +254,26 @@ def test_distillation_recipe_trains_a_student_in_another_latent_space(
     )
     with pytest.raises(ValueError, match="built from other student_vae"):
         recipe.main(["--out", str(tmp_path / "other"), *common])
+
+
+def test_student_from_teacher_copies_the_listed_blocks_and_starts_the_latent_projections_new(
+    load_script, pipe, monkeypatch
+):
+    monkeypatch.setattr(sys, "argv", ["x"])
+    recipe = load_script("distill_turbo2k")
+    teacher = pipe.transformer
+    vae = VidGenVideoAutoencoder(latent_channels=8, block_out_channels=(8, 8, 8), patch_size=4)
+    student = recipe.student_from_teacher(teacher, "1", vae, (5, 4, 4))
+    assert student.config.num_layers == 1 and student.config.in_channels == 8
+    assert tuple(student.config.sample_size) == (5, 4, 4)
+    source = teacher.state_dict()
+    for name, p in student.state_dict().items():
+        if name.startswith("proj_"):
+            assert p.shape != source[name].shape or not torch.equal(p, source[name])
+        else:
+            torch.testing.assert_close(
+                p, source[name.replace("transformer_blocks.0.", "transformer_blocks.1.")]
+            )
+    torch.testing.assert_close(student.proj_out.weight, torch.zeros_like(student.proj_out.weight))
+    with pytest.raises(ValueError, match="--student-from-teacher must list blocks in"):
+        recipe.student_from_teacher(teacher, f"0,{len(teacher.transformer_blocks)}", vae, (5, 4, 4))
