@@ -49,8 +49,8 @@ def named_folders(specs: list[str]) -> dict[str, str]:
 def distill(args) -> str:
     models = named_folders(args.model)
     lines = [
-        f"text-to-video, {args.num} held-out captions, {args.steps} steps, guidance {DEFAULT_GUIDANCE_SCALE:g}, "
-        f"{DEVICE}, {torch.get_num_threads()} CPU threads\n",
+        f"text-to-video, {args.num} held-out captions x seed sets {args.seeds} (pooled), {args.steps} steps, "
+        f"guidance {DEFAULT_GUIDANCE_SCALE:g}, {DEVICE}, {torch.get_num_threads()} CPU threads\n",
         "| model | latent tokens | DiT params (M) | color | shape | direction | count | s / video | speed-up |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -65,7 +65,7 @@ def distill(args) -> str:
             pipe("a red circle moves right", generator=torch.Generator().manual_seed(i), **call)
         seconds = (time.perf_counter() - tic) / 4
         reference = reference or seconds
-        s = evaluate(pipe, ["t2v"], n=args.num, steps=args.steps)["t2v"]
+        s = evaluate(pipe, ["t2v"], n=args.num, steps=args.steps, seed=args.seeds)["t2v"]
         tokens = int(np.prod(pipe.transformer.config.sample_size))
         params = sum(p.numel() for p in pipe.transformer.parameters()) / 1e6
         lines.append(
@@ -179,6 +179,9 @@ def main():
     )
     p.add_argument("--num", type=int, default=None, help="held-out captions (distill 100, hierarchical 12)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (distill; direct and FreeSwim)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="distill: generator seed sets, pooled (0: seeds 0..)"
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     p.add_argument("--low-steps", type=int, default=30, help="hierarchical: stage-one steps")
     p.add_argument("--high-steps", type=int, default=10, help="hierarchical: stage-two steps")
