@@ -24,6 +24,11 @@ baseline that shows what distillation adds. Design decisions (the paper has no c
   projection and timestep embedding; only its input and output projections, which face the other
   latent space, start new. Positions are grid indices, so a copied block sees neighbours twice as far
   apart in pixels; training adapts it. It is still smaller (fewer blocks over 4x fewer tokens).
+- ``--attention-grounding W`` (not in the paper): the default's binding loss on the student's text
+  cross-attention (``vidgen.training.grounding.binding_loss``), each object's latent tokens on the
+  student's grid drawn to their own phrase of the caption. The teacher learnt its two-object binding
+  from this loss; feature alignment on pooled tokens may not carry it into a grid where an object is one
+  or two tokens.
 
 Steps: 1. latent cache (both VAEs; shards of 64 written atomically, a rerun skips existing ones);
 2. student and projector; 3. training (resumable; data order and noise are functions of seed and
@@ -55,6 +60,13 @@ from vidgen.training.checkpoint import (
     save_pipeline,
     unprefixed,
 )
+from vidgen.training.grounding import (
+    CrossAttentionProbe,
+    binding_loss,
+    caption_phrases,
+    object_token_masks,
+    token_owners,
+)
 
 SHARD = 64
 
@@ -83,6 +95,11 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=24)
     p.add_argument("--lr", type=float, default=7e-4)
     p.add_argument("--object-weight", type=float, default=8.0, help="loss weight of object tokens")
+    p.add_argument(
+        "--attention-grounding", type=float, default=0.0,
+        help="weight of the binding loss on the student's text cross-attention (0: off)",
+    )  # fmt: skip
+    p.add_argument("--attention-blocks", default="all", help="the student blocks the binding loss reads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=100)
     return p.parse_args(argv)
@@ -120,8 +137,10 @@ def pack(x: torch.Tensor) -> torch.Tensor:  # (B, C, F, H, W) -> (B, N, C)
 
 # --------------------------------------------------------------------------------------------------
 # 3. One training step's loss.
-def distillation_loss(args, batch, student, projector, teacher, text_encoder, sigma_shift, g):
-    """Student flow matching on its latents plus ``align_weight`` x alignment to the teacher's features."""
+def distillation_loss(args, batch, student, projector, teacher, text_encoder, sigma_shift, g, probe=None):
+    """Student flow matching on its latents plus ``align_weight`` x alignment to the teacher's features
+    (plus ``attention_grounding`` x the binding loss when ``probe`` reads the student's cross-attention).
+    Returns the total and its terms (detached, for the log)."""
     zs, zt, ids, objects = batch["student"], batch["teacher"], batch["tokens"], batch["objects"]
     grid_s, grid_t = tuple(zs.shape[2:]), tuple(zt.shape[2:])
     device = zs.device
@@ -129,7 +148,8 @@ def distillation_loss(args, batch, student, projector, teacher, text_encoder, si
     # Caption dropout (10%) for classifier-free guidance, like the teacher's training.
     empty = torch.zeros_like(ids[0])
     empty[0] = 1  # "" -> just </s>
-    ids = torch.where((torch.rand(B, generator=g) < 0.1)[:, None].to(device), empty, ids)
+    dropped = (torch.rand(B, generator=g) < 0.1).to(device)  # (B,)
+    ids = torch.where(dropped[:, None], empty, ids)
     with torch.no_grad():
         text = text_encoder(ids)[0]  # (B, T, D_text)
 
@@ -151,8 +171,16 @@ def distillation_loss(args, batch, student, projector, teacher, text_encoder, si
     )
     weight = ((1 + args.object_weight * objects.float()) * mask_s).flatten(1)[..., None]  # (B, N, 1)
     diffusion = (weight * (out.sample - pack(noise_s - zs)) ** 2).sum() / (weight.sum() * zs.shape[1])
+    loss, row = diffusion, {"diffusion": diffusion.detach(), "align": torch.zeros(())}
+    if probe is not None:
+        words = batch["words"].masked_fill(dropped[:, None], -1)  # (B, T): 0 / 1 per phrase, -1 elsewhere
+        two = (words == 1).any(1, keepdim=True)  # only two-object captions have something to bind
+        owner = batch["owners"].long().masked_fill(~two, -1)  # (B, N_s)
+        clean = 1 - sigma[:, None] * mask_s.flatten(1)  # (B, N_s): noisier tokens know their object less
+        bind = binding_loss(probe.maps(), words, owner, clean)
+        loss, row = loss + args.attention_grounding * bind, row | {"binding": bind.detach()}
     if args.align_weight == 0:
-        return diffusion, diffusion, torch.zeros(())
+        return loss, row
 
     xt, _ = noised(zt, mask_t)
     with torch.no_grad():
@@ -161,7 +189,20 @@ def distillation_loss(args, batch, student, projector, teacher, text_encoder, si
     f_tea = out_t.hidden_states[args.teacher_block]  # (B, N_t, D_t)
     f_tea = pool_tokens(f_tea, grid_t, grid_s)  # (B, N_s, D_t) on the student's grid
     align = alignment_loss(f_tea, projector(out.hidden_states[args.student_block]))
-    return diffusion + args.align_weight * align, diffusion, align
+    return loss + args.align_weight * align, row | {"align": align.detach()}
+
+
+def grounding_targets(cache: dict, tokenizer, student_vae) -> dict:
+    """For ``--attention-grounding``: each caption word's phrase and each student token's object, for
+    every cached clip (clip ``i`` is ``shapes.sample_clip(i)``, checked against the cached object tokens)."""
+    n = len(cache["student"])
+    per = object_token_masks(n, student_vae.temporal_compression_ratio, student_vae.spatial_compression_ratio)
+    if not torch.equal(per.any(1), cache["objects"].bool()):
+        raise ValueError("the latent cache does not hold the clips shapes.sample_clip(0 .. n-1)")
+    words = caption_phrases(cache["tokens"], tokenizer)[1]  # (n, T)
+    if not (words >= 0).any():
+        raise ValueError("--attention-grounding needs Shapes captions its tokenizer spells word by word")
+    return {"words": words, "owners": token_owners(per)}  # (n, T), (n, N_s)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,6 +285,14 @@ def main(argv=None):
         raise ValueError(
             f"--student-block must be in [0, {student.config.num_layers}); got {args.student_block}"
         )
+    probe = None  # the binding loss reads the student's cross-attention
+    if args.attention_grounding > 0:
+        depth, blocks = student.config.num_layers, args.attention_blocks
+        picked = list(range(depth)) if blocks == "all" else [int(b) for b in blocks.split(",")]
+        if not all(0 <= b < depth for b in picked):
+            raise ValueError(f"--attention-blocks must be 'all' or blocks in [0, {depth}); got {blocks!r}")
+        probe = CrossAttentionProbe(student, picked)
+        cache |= grounding_targets(cache, teacher_pipe.tokenizer, student_vae)
     modules = {"student": student}
     if args.align_weight > 0:  # no projector without alignment: the baseline is the student alone
         modules["projector"] = FeatureProjector(
@@ -271,16 +320,17 @@ def main(argv=None):
         g = torch.Generator().manual_seed(args.seed * 7_000_003 + step * 1009 + accelerator.process_index)
         idx = torch.randint(0, n, (args.batch,), generator=g)
         batch = {k: v[idx].to(device) for k, v in cache.items()}
-        loss, diffusion, align = distillation_loss(
-            args, batch, modules["student"], modules.get("projector"), teacher, text_encoder, sigma_shift, g
-        )
+        loss, row = distillation_loss(
+            args, batch, modules["student"], modules.get("projector"), teacher, text_encoder, sigma_shift, g,
+            probe,
+        )  # fmt: skip
         opt.zero_grad()
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()
         lr_schedule.step()
         if (step % 25 == 0 or step == args.steps - 1) and accelerator.is_main_process:
-            row = {"loss": loss.item(), "diffusion": diffusion.item(), "align": align.item()}
+            row = {k: v.item() for k, v in ({"loss": loss} | row).items()}
             append_csv(run / "distill_log.csv", {"step": step} | row | {"seconds": time.time() - tic})
             text = " ".join(f"{k} {v:.4f}" for k, v in row.items())
             print(f"step {step} {text} ({time.time() - tic:.0f}s)", flush=True)

@@ -61,6 +61,15 @@ from vidgen.models.autoencoder import AUTOENCODER_PRESETS, VidGenVideoAutoencode
 from vidgen.schedulers import LTX_SCHEDULER_CONFIG, VidGenFlowMatchScheduler
 from vidgen.training.checkpoint import save_pipeline
 from vidgen.training.distributed import average_gradients
+from vidgen.training.grounding import (
+    GROUNDING,
+    CrossAttentionProbe,
+    binding_loss,
+    caption_phrases,
+    grounding_loss,
+    object_token_masks,
+    token_owners,
+)
 
 MAX_TOKENS = 16  # tokenizer length of a caption (the longest Shapes caption has 13 tokens)
 # The DiT's trunk; its input channels and latent grid come from the VAE.
@@ -279,128 +288,6 @@ def clip_weights(tokens: torch.Tensor, two_object_share: float | None) -> torch.
     return share.double()
 
 
-# What each word of a caption is grounded to: the object whose phrase it is in.
-GROUNDING = {"color": tuple(shapes.COLORS), "shape": shapes.SHAPES, "motion": shapes.MOTIONS}
-
-
-def phrase_targets(tokens: torch.Tensor) -> torch.Tensor:
-    """``(B, L)`` caption ids -> ``(B, L, 3)``: for every word of an object's phrase ("a red circle moves
-    right"), the index of that object's color, shape and motion in ``GROUNDING``; -100 (ignored) on
-    "and", ``</s>``, padding and captions that are not the world's (the empty one of caption dropout)."""
-    return caption_phrases(tokens)[0]
-
-
-def word_objects(tokens: torch.Tensor) -> torch.Tensor:
-    """``(B, L)`` caption ids -> ``(B, L)``: which object's phrase each word is in (0 or 1); -1 elsewhere."""
-    return caption_phrases(tokens)[1]
-
-
-def caption_phrases(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``phrase_targets`` and ``word_objects`` of ``(B, L)`` caption ids, in one pass over the words."""
-    tokenizer = word_tokenizer()
-    rows, inverse = torch.unique(tokens, dim=0, return_inverse=True)  # the cache repeats captions
-    labels = torch.full((len(rows), tokens.shape[1], len(GROUNDING)), -100, dtype=torch.long)
-    which = torch.full((len(rows), tokens.shape[1]), -1, dtype=torch.long)
-    for r, ids in enumerate(rows):
-        words = [w for w in tokenizer.convert_ids_to_tokens(ids.tolist()) if w not in ("<pad>", "</s>")]
-        try:
-            objects = shapes.parse_caption(" ".join(words))
-        except ValueError:
-            continue
-        k = 0  # the object whose phrase this word is in
-        for j, word in enumerate(words):
-            if word == "and":
-                k += 1
-                continue
-            o = objects[k]
-            labels[r, j] = torch.tensor(
-                [GROUNDING[a].index(v) for a, v in zip(GROUNDING, (o.color, o.shape, o.motion))]
-            )
-            which[r, j] = k
-    return labels[inverse], which[inverse]
-
-
-def grounding_loss(head: nn.Linear, text: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``head(text)`` (B, L, 15) against ``phrase_targets`` (B, L, 3), summed over the
-    three attributes. It makes every word of a phrase carry its object's attributes, so that the DiT's
-    cross-attention from an object's tokens to any word that names it (its color, its shape) also brings
-    back how it moves: the jointly trained encoder alone spreads each motion over both objects' words."""
-    logits = head(text).split([len(v) for v in GROUNDING.values()], dim=-1)
-    count = (targets[..., 0] >= 0).sum().clamp(min=1)  # a batch of dropped captions gives 0, not NaN
-    return (
-        sum(
-            F.cross_entropy(lg.flatten(0, 1), targets[..., i].flatten(), reduction="sum")
-            for i, lg in enumerate(logits)
-        )
-        / count
-    )
-
-
-# Where each object's latent tokens look in the caption: the DiT's cross-attention.
-def object_token_masks(num_clips: int, temporal: int, spatial: int) -> torch.Tensor:
-    """``(n, 2, F, H, W)`` bool: the latent tokens each object of the cached clip ``sample_clip(i)``
-    touches (``shapes.object_tokens`` of its own pixel mask); slot 1 is empty for one-object clips."""
-    out = []
-    for seed in range(num_clips):
-        clip = shapes.sample_clip(seed)
-        masks = shapes.render_masks(clip.objects, clip.centers, clip.radii, *clip.frames.shape[1:3])
-        tokens = shapes.object_tokens(masks.transpose(1, 0, 2, 3), temporal, spatial)  # (K, F, H, W)
-        out.append(torch.cat([tokens, torch.zeros_like(tokens[:1])])[:2])
-    return torch.stack(out)
-
-
-class CrossAttentionProbe:
-    """Records the text cross-attention probabilities ``(B, heads, N, T)`` of chosen DiT blocks in every
-    forward pass, with gradients: hooks keep the outputs of ``attn2.to_q`` and ``attn2.to_k``, and
-    ``maps()`` normalises and scales them as the attention backend does (no text mask: training passes
-    none)."""
-
-    def __init__(self, dit: VidGenTransformer3DModel, blocks: list[int]):
-        self.attns = [dit.transformer_blocks[b].attn2 for b in blocks]
-        self.seen: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(len(blocks))}
-        for i, attn in enumerate(self.attns):
-            for name in ("to_q", "to_k"):
-                getattr(attn, name).register_forward_hook(self._keep(i, name))
-
-    def _keep(self, i: int, name: str):
-        def hook(module, inputs, output):
-            self.seen[i][name] = output
-
-        return hook
-
-    def maps(self) -> list[torch.Tensor]:
-        out = []
-        for i, attn in enumerate(self.attns):
-            q = attn.norm_q(self.seen[i]["to_q"].unflatten(-1, (attn.heads, -1)))  # (B, N, H, Dh)
-            k = attn.norm_k(self.seen[i]["to_k"].unflatten(-1, (attn.heads, -1)))  # (B, T, H, Dh)
-            logits = torch.einsum("bnhd,bthd->bhnt", q, k) / q.shape[-1] ** 0.5
-            out.append(logits.softmax(-1))  # (B, H, N, T)
-        return out
-
-
-def binding_loss(maps: list[torch.Tensor], words: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor):
-    """How much of an object's cross-attention to the two objects' phrases goes to the *other* phrase.
-
-    ``maps``: ``(B, H, N, T)`` probabilities per block; ``words``: ``(B, T)`` ``word_objects`` (0, 1, or
-    -1); ``tokens``: ``(B, N)`` the object each latent token belongs to (0, 1, or -1: background, both,
-    a one-object caption); ``weight``: ``(B, N)`` per-token weight. For a token of object k the loss is
-    ``-log(p_k / (p_0 + p_1))``, ``p_j`` its attention mass on the words of phrase j (mean over heads
-    and blocks): attention to "and", ``</s>`` or padding is free, only the wrong object's words cost.
-    Trained on the flow loss alone, the tokens of the red object read the blue object's words too and
-    then move as the blue one was told (the two-object direction errors of ``vidgen eval``)."""
-    phrase = torch.stack([(words == j).float() for j in (0, 1)], dim=-1)  # (B, T, 2)
-    w = weight * (tokens >= 0)  # (B, N)
-    if not w.any():
-        return maps[0].sum() * 0  # nothing to bind in this batch: 0 with a graph
-    own = tokens.clamp(min=0)[:, None, :, None]  # (B, 1, N, 1)
-    loss = 0
-    for p in maps:
-        mass = torch.einsum("bhnt,btj->bhnj", p, phrase) + 1e-6  # (B, H, N, 2)
-        share = mass.gather(-1, own.expand(*mass.shape[:3], 1))[..., 0] / mass.sum(-1)  # (B, H, N)
-        loss = loss + (-share.log().mean(1) * w).sum() / w.sum()
-    return loss / len(maps)
-
-
 def cosine_lr(step, total, peak, warmup=100):
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -522,8 +409,7 @@ def token_objects(run: Path, cache: dict, vae) -> torch.Tensor:
     per = object_token_masks(n, vae.temporal_compression_ratio, vae.spatial_compression_ratio)
     if not torch.equal(per.any(1), cache["objects"].bool()):
         raise ValueError(f"the latent cache of {run} does not hold the clips sample_clip(0..{n - 1})")
-    one, two = per[:, 0] & ~per[:, 1], per[:, 1] & ~per[:, 0]
-    which = torch.where(one, 0, torch.where(two, 1, -1)).flatten(1).to(torch.int8)  # (n, F*H*W)
+    which = token_owners(per)  # (n, F*H*W)
     save_file({"token_objects": which}, path)
     return which
 

@@ -235,6 +235,20 @@ def test_distillation_recipe_trains_a_student_in_another_latent_space(
     assert all(float(r[3]) == 0 for r in plain_rows[1:])
     assert plain_rows[1][2] == rows[1][2]  # same data, noise and initial student: the same first loss
 
+    recipe.main(
+        ["--out", str(tmp_path / "bound"), "--align-weight", "0", "--attention-grounding", "1", *common]
+    )
+    bound = [r.split(",") for r in (tmp_path / "bound" / "distill_log.csv").read_text().splitlines()]
+    assert bound[0] == ["step", "loss", "diffusion", "align", "binding", "seconds"]
+    assert bound[1][2] == rows[1][2]  # the binding loss adds a term, the flow loss is the same
+    assert any(float(r[4]) > 0 for r in bound[1:])
+    for r in bound[1:]:
+        assert float(r[1]) == pytest.approx(float(r[2]) + float(r[4]), rel=1e-5)
+    with pytest.raises(ValueError, match="--attention-blocks must be"):
+        recipe.main(
+            ["--out", str(tmp_path / "bad"), "--attention-grounding", "1", "--attention-blocks", "2", *common]
+        )
+
     student = VidGenPipeline.from_pretrained(tmp_path / "distilled" / "pipeline")
     student.set_progress_bar_config(disable=True)
     assert tuple(student.transformer.config.sample_size) == (5, 4, 4)  # 16x fewer tokens than (5, 16, 16)
