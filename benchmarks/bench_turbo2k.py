@@ -6,8 +6,9 @@
     ... [--results benchmarks/RESULTS.md]
 
 ``distill``: the evaluator's text-to-video accuracies (held-out captions, fixed seeds) and the seconds per
-video of each pipeline folder (the first one is the reference for the speed-up), at the same steps and
-guidance.
+video of each pipeline folder (the first one is the reference for the speed-up), at the same steps;
+``--guidance`` gives one classifier-free guidance scale for all, or one per ``--model`` (a model in another
+latent space may need its own: 1 turns guidance off and halves the cost).
 
 ``hierarchical``: at each size, direct generation (dense attention), FreeSwim (its upscale recipe, the
 better of its two in earlier measurements) and the hierarchical pipeline, on object count, color, shape
@@ -48,28 +49,37 @@ def named_folders(specs: list[str]) -> dict[str, str]:
 
 def distill(args) -> str:
     models = named_folders(args.model)
+    scales = args.guidance or [DEFAULT_GUIDANCE_SCALE]
+    if len(scales) not in (1, len(models)):
+        raise SystemExit(f"--guidance takes one scale or one per --model ({len(models)}); got {len(scales)}")
+    scales = scales * len(models) if len(scales) == 1 else scales
     lines = [
         f"text-to-video, {args.num} held-out captions x seed sets {args.seeds} (pooled), {args.steps} steps, "
-        f"guidance {DEFAULT_GUIDANCE_SCALE:g}, {DEVICE}, {torch.get_num_threads()} CPU threads\n",
-        "| model | latent tokens | DiT params (M) | color | shape | direction | count | s / video | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"{DEVICE}, {torch.get_num_threads()} CPU threads\n",
+        "| model | guidance | latent tokens | DiT params (M) | color | shape | direction | count | s / video | "
+        "speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     reference = None
-    for name, folder in models.items():
+    for (name, folder), guidance in zip(models.items(), scales):
         pipe = VidGenPipeline.from_pretrained(folder).to(DEVICE)
         pipe.set_progress_bar_config(disable=True)
-        call = dict(num_inference_steps=args.steps, output_type="np", frame_rate=shapes.FPS)
+        call = dict(
+            num_inference_steps=args.steps, guidance_scale=guidance, output_type="np", frame_rate=shapes.FPS
+        )
         pipe("a red circle moves right", **call | {"num_inference_steps": 2})  # warm-up
         tic = time.perf_counter()
         for i in range(4):
             pipe("a red circle moves right", generator=torch.Generator().manual_seed(i), **call)
         seconds = (time.perf_counter() - tic) / 4
         reference = reference or seconds
-        s = evaluate(pipe, ["t2v"], n=args.num, steps=args.steps, seed=args.seeds)["t2v"]
+        scores = evaluate(pipe, ["t2v"], n=args.num, steps=args.steps, seed=args.seeds, guidance_scale=guidance)
+        s = scores["t2v"]
         tokens = int(np.prod(pipe.transformer.config.sample_size))
         params = sum(p.numel() for p in pipe.transformer.parameters()) / 1e6
         lines.append(
-            f"| {name} | {tokens} | {params:.2f} | {s['color']:.1f} | {s['shape']:.1f} | {s['direction']:.1f} | "
+            f"| {name} | {guidance:g} | {tokens} | {params:.2f} | {s['color']:.1f} | {s['shape']:.1f} | "
+            f"{s['direction']:.1f} | "
             f"{s['count']:.1f} | {seconds:.2f} | {reference / seconds:.1f}x |"
         )
         print(lines[-1], flush=True)
@@ -181,7 +191,11 @@ def main():
     p.add_argument("--steps", type=int, default=30, help="denoising steps (distill; direct and FreeSwim)")
     p.add_argument(
         "--seeds", type=int, nargs="+", default=[0], help="distill: generator seed sets, pooled (0: seeds 0..)"
-    )
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance", type=float, nargs="+", default=None,
+        help=f"distill: guidance scale, one for all or one per --model (default {DEFAULT_GUIDANCE_SCALE:g})",
+    )  # fmt: skip
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     p.add_argument("--low-steps", type=int, default=30, help="hierarchical: stage-one steps")
     p.add_argument("--high-steps", type=int, default=10, help="hierarchical: stage-two steps")
