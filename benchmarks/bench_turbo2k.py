@@ -79,8 +79,7 @@ def distill(args) -> str:
         params = sum(p.numel() for p in pipe.transformer.parameters()) / 1e6
         lines.append(
             f"| {name} | {guidance:g} | {tokens} | {params:.2f} | {s['color']:.1f} | {s['shape']:.1f} | "
-            f"{s['direction']:.1f} | "
-            f"{s['count']:.1f} | {seconds:.2f} | {reference / seconds:.1f}x |"
+            f"{s['direction']:.1f} | {s['count']:.1f} | {seconds:.2f} | {reference / seconds:.1f}x |"
         )
         print(lines[-1], flush=True)
     return "\n".join(lines)

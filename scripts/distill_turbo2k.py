@@ -63,8 +63,8 @@ from vidgen.training.checkpoint import (
 from vidgen.training.grounding import (
     CrossAttentionProbe,
     binding_loss,
+    binding_targets,
     caption_phrases,
-    object_token_masks,
     token_owners,
 )
 
@@ -173,9 +173,7 @@ def distillation_loss(args, batch, student, projector, teacher, text_encoder, si
     diffusion = (weight * (out.sample - pack(noise_s - zs)) ** 2).sum() / (weight.sum() * zs.shape[1])
     loss, row = diffusion, {"diffusion": diffusion.detach(), "align": torch.zeros(())}
     if probe is not None:
-        words = batch["words"].masked_fill(dropped[:, None], -1)  # (B, T): 0 / 1 per phrase, -1 elsewhere
-        two = (words == 1).any(1, keepdim=True)  # only two-object captions have something to bind
-        owner = batch["owners"].long().masked_fill(~two, -1)  # (B, N_s)
+        words, owner = binding_targets(batch["words"], batch["owners"], dropped)  # (B, T), (B, N_s)
         clean = 1 - sigma[:, None] * mask_s.flatten(1)  # (B, N_s): noisier tokens know their object less
         bind = binding_loss(probe.maps(), words, owner, clean)
         loss, row = loss + args.attention_grounding * bind, row | {"binding": bind.detach()}
@@ -195,14 +193,11 @@ def distillation_loss(args, batch, student, projector, teacher, text_encoder, si
 def grounding_targets(cache: dict, tokenizer, student_vae) -> dict:
     """For ``--attention-grounding``: each caption word's phrase and each student token's object, for
     every cached clip (clip ``i`` is ``shapes.sample_clip(i)``, checked against the cached object tokens)."""
-    n = len(cache["student"])
-    per = object_token_masks(n, student_vae.temporal_compression_ratio, student_vae.spatial_compression_ratio)
-    if not torch.equal(per.any(1), cache["objects"].bool()):
-        raise ValueError("the latent cache does not hold the clips shapes.sample_clip(0 .. n-1)")
     words = caption_phrases(cache["tokens"], tokenizer)[1]  # (n, T)
     if not (words >= 0).any():
         raise ValueError("--attention-grounding needs Shapes captions its tokenizer spells word by word")
-    return {"words": words, "owners": token_owners(per)}  # (n, T), (n, N_s)
+    t, s = student_vae.temporal_compression_ratio, student_vae.spatial_compression_ratio
+    return {"words": words, "owners": token_owners(cache["objects"], t, s)}  # (n, T), (n, N_s)
 
 
 # --------------------------------------------------------------------------------------------------

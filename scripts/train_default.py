@@ -65,9 +65,9 @@ from vidgen.training.grounding import (
     GROUNDING,
     CrossAttentionProbe,
     binding_loss,
+    binding_targets,
     caption_phrases,
     grounding_loss,
-    object_token_masks,
     token_owners,
 )
 
@@ -406,10 +406,7 @@ def token_objects(run: Path, cache: dict, vae) -> torch.Tensor:
     path = run / f"token_objects_{n}.safetensors"
     if path.exists():
         return load_file(path)["token_objects"]
-    per = object_token_masks(n, vae.temporal_compression_ratio, vae.spatial_compression_ratio)
-    if not torch.equal(per.any(1), cache["objects"].bool()):
-        raise ValueError(f"the latent cache of {run} does not hold the clips sample_clip(0..{n - 1})")
-    which = token_owners(per)  # (n, F*H*W)
+    which = token_owners(cache["objects"], vae.temporal_compression_ratio, vae.spatial_compression_ratio)
     save_file({"token_objects": which}, path)
     return which
 
@@ -510,9 +507,7 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
             ground = grounding_loss(head, text, targets.to(dev))
             loss_total, row = loss + args.text_grounding * ground, {"grounding": ground.item()}
         if probe is not None:
-            words = object_of_word[idx].masked_fill(dropped[:, None], -1)  # (B, L)
-            two = (words == 1).any(1, keepdim=True)  # only two-object captions have something to bind
-            owner = object_of_token[idx].long().masked_fill(~two, -1)  # (B, N)
+            words, owner = binding_targets(object_of_word[idx], object_of_token[idx], dropped)
             clean = 1 - t_tok / 1000  # (B, N): the noisier a token, the less it can know its object
             bind = binding_loss(probe.maps(), words.to(dev), owner.to(dev), clean.to(dev))
             loss_total, row = loss_total + args.attention_grounding * bind, row | {"binding": bind.item()}

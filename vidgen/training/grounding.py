@@ -86,12 +86,26 @@ def object_token_masks(num_clips: int, temporal: int, spatial: int) -> torch.Ten
     return torch.stack(out)
 
 
-def token_owners(per_object: torch.Tensor) -> torch.Tensor:
-    """``object_token_masks`` ``(n, 2, F, H, W)`` -> ``(n, F*H*W)`` int8: the object each latent token
+def token_owners(objects: torch.Tensor, temporal: int, spatial: int) -> torch.Tensor:
+    """``(n, F*H*W)`` int8: the object each latent token of the cached clips ``sample_clip(0 .. n-1)``
     belongs to (0 or 1; -1 for the background and for tokens both objects touch), as ``binding_loss``
-    reads it."""
-    one, two = per_object[:, 0] & ~per_object[:, 1], per_object[:, 1] & ~per_object[:, 0]
+    reads it. ``objects``: the cache's ``(n, F, H, W)`` object tokens, checked against the clips."""
+    per = object_token_masks(len(objects), temporal, spatial)  # (n, 2, F, H, W)
+    if not torch.equal(per.any(1), objects.bool()):
+        raise ValueError(
+            f"the latent cache does not hold the clips shapes.sample_clip(0 .. {len(objects) - 1})"
+        )
+    one, two = per[:, 0] & ~per[:, 1], per[:, 1] & ~per[:, 0]
     return torch.where(one, 0, torch.where(two, 1, -1)).flatten(1).to(torch.int8)
+
+
+def binding_targets(words: torch.Tensor, owners: torch.Tensor, dropped: torch.Tensor):
+    """A batch's ``binding_loss`` inputs: ``word_objects`` ``(B, T)`` and ``token_owners`` ``(B, N)`` with
+    the dropped captions (``dropped``, ``(B,)`` bool) and one-object captions left out (-1): only two
+    phrases give something to bind."""
+    words = words.masked_fill(dropped[:, None], -1)  # (B, T)
+    two = (words == 1).any(1, keepdim=True)  # (B, 1)
+    return words, owners.long().masked_fill(~two, -1)  # (B, T), (B, N)
 
 
 class CrossAttentionProbe:
