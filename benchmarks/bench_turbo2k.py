@@ -8,7 +8,8 @@
 ``distill``: the evaluator's text-to-video accuracies (held-out captions, fixed seeds) and the seconds per
 video of each pipeline folder (the first one is the reference for the speed-up), at the same steps;
 ``--guidance`` gives one classifier-free guidance scale for all, or one per ``--model`` (a model in another
-latent space may need its own: 1 turns guidance off and halves the cost).
+latent space may need its own: 1 turns guidance off and halves the cost); without it, each folder samples
+at its own ``default_guidance_scale`` (the Turbo2K recipe writes 1 into a student's folder).
 
 ``hierarchical``: at each size, direct generation (dense attention), FreeSwim (its upscale recipe, the
 better of its two in earlier measurements) and the hierarchical pipeline, on object count, color, shape
@@ -49,7 +50,7 @@ def named_folders(specs: list[str]) -> dict[str, str]:
 
 def distill(args) -> str:
     models = named_folders(args.model)
-    scales = args.guidance or [DEFAULT_GUIDANCE_SCALE]
+    scales = args.guidance or [None]  # None: each folder's own default
     if len(scales) not in (1, len(models)):
         raise SystemExit(f"--guidance takes one scale or one per --model ({len(models)}); got {len(scales)}")
     scales = scales * len(models) if len(scales) == 1 else scales
@@ -63,6 +64,7 @@ def distill(args) -> str:
     reference = None
     for (name, folder), guidance in zip(models.items(), scales):
         pipe = VidGenPipeline.from_pretrained(folder).to(DEVICE)
+        guidance = pipe.resolve_guidance_scale(guidance)
         pipe.set_progress_bar_config(disable=True)
         call = dict(
             num_inference_steps=args.steps, guidance_scale=guidance, output_type="np", frame_rate=shapes.FPS
@@ -193,7 +195,8 @@ def main():
     )  # fmt: skip
     p.add_argument(
         "--guidance", type=float, nargs="+", default=None,
-        help=f"distill: guidance scale, one for all or one per --model (default {DEFAULT_GUIDANCE_SCALE:g})",
+        help="distill: guidance scale, one for all or one per --model (default: each folder's own, else "
+        f"{DEFAULT_GUIDANCE_SCALE:g})",
     )  # fmt: skip
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     p.add_argument("--low-steps", type=int, default=30, help="hierarchical: stage-one steps")

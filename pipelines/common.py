@@ -80,8 +80,11 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin, TextualInve
         tokenizer: PreTrainedTokenizerBase,
         transformer: VidGenTransformer3DModel | LTXVideoTransformer3DModel,
         scheduler: FlowMatchEulerDiscreteScheduler,
+        default_guidance_scale: float | None = None,
     ):
         super().__init__()
+        if default_guidance_scale is not None and not default_guidance_scale >= 0:
+            raise ValueError(f"default_guidance_scale must be >= 0 or None; got {default_guidance_scale}")
         if type(scheduler) is FlowMatchEulerDiscreteScheduler:
             # Same schedule, plus the token-count shift and per-token steps the pipelines rely on.
             scheduler = VidGenFlowMatchScheduler.from_config(scheduler.config)
@@ -92,6 +95,9 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin, TextualInve
             transformer=transformer,
             scheduler=scheduler,
         )
+        # The guidance this folder's model was chosen at (model_index.json; None: DEFAULT_GUIDANCE_SCALE).
+        # A distilled student samples best without guidance, so its folder says 1.
+        self.register_to_config(default_guidance_scale=default_guidance_scale)
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_spatial_compression_ratio)
 
     # ----------------------------------------------------------------------------------------------
@@ -126,6 +132,14 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin, TextualInve
     def default_frame_rate(self) -> float:
         """Frames per second the model was trained at (LTX-Video's 25 when it does not say)."""
         return getattr(self.transformer.config, "sample_frame_rate", None) or 25.0
+
+    def resolve_guidance_scale(self, guidance_scale: float | None) -> float:
+        """``guidance_scale``, or when ``None`` the folder's ``default_guidance_scale`` (model_index.json),
+        or ``DEFAULT_GUIDANCE_SCALE`` when the folder does not say."""
+        if guidance_scale is not None:
+            return guidance_scale
+        folder_default = self.config.get("default_guidance_scale")
+        return DEFAULT_GUIDANCE_SCALE if folder_default is None else folder_default
 
     def resolve_video_size(self, num_frames, height, width, fallback_hw=None) -> tuple[int, int, int]:
         """Fill sizes left as ``None`` with the model's training size (height and width: ``fallback_hw``

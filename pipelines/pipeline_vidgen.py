@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from .common import DEFAULT_GUIDANCE_SCALE, VidGenPipelineBase, VidGenPipelineOutput
+from .common import VidGenPipelineBase, VidGenPipelineOutput
 
 
 class VidGenPipeline(VidGenPipelineBase):
@@ -33,7 +33,7 @@ class VidGenPipeline(VidGenPipelineBase):
         num_frames: int | None = None,
         frame_rate: float = 25,
         num_inference_steps: int = 30,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_scale: float | None = None,
         guidance_rescale: float = 0.0,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -60,7 +60,8 @@ class VidGenPipeline(VidGenPipelineBase):
             num_frames: ``k * temporal_compression + 1`` frames (default: the model's length).
             frame_rate: frames per second (LTX-Video transformers condition their positions on it).
             num_inference_steps: Euler steps.
-            guidance_scale: classifier-free guidance weight; ``<= 1`` disables guidance.
+            guidance_scale: classifier-free guidance weight; ``<= 1`` disables guidance (default: the
+                folder's ``default_guidance_scale``, else ``DEFAULT_GUIDANCE_SCALE``, 2).
             guidance_rescale: rescale of the guided prediction's std, in [0, 1].
             num_videos_per_prompt: videos per prompt.
             generator: seed(s); the same seed gives the same video.
@@ -75,6 +76,7 @@ class VidGenPipeline(VidGenPipelineBase):
             ``VidGenPipelineOutput`` with ``.frames`` (or a tuple when ``return_dict=False``).
         """
         # 1. Check inputs and fill defaults from the model.
+        guidance_scale = self.resolve_guidance_scale(guidance_scale)
         num_frames, height, width = self.resolve_video_size(num_frames, height, width)
         batch_size = self.check_inputs(
             prompt, negative_prompt, height, width, num_frames, frame_rate, num_inference_steps, guidance_scale,

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..models import VidGenTransformer3DModel, VidGenVideoAutoencoder
 from ..models.turbo2k import HierarchicalAdapter
-from .common import DEFAULT_GUIDANCE_SCALE, VidGenPipelineBase, VidGenPipelineOutput
+from .common import VidGenPipelineBase, VidGenPipelineOutput
 
 HIERARCHICAL_SUBFOLDER = "hierarchical_adapter"
 """Where a pipeline folder keeps its stage-two adapter (the embedded default does; ``--hierarchical``
@@ -53,8 +53,9 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
         transformer: VidGenTransformer3DModel,
         scheduler: FlowMatchEulerDiscreteScheduler,
         hierarchical_adapter: HierarchicalAdapter,
+        default_guidance_scale: float | None = None,
     ):
-        super().__init__(vae, text_encoder, tokenizer, transformer, scheduler)
+        super().__init__(vae, text_encoder, tokenizer, transformer, scheduler, default_guidance_scale)
         self.register_modules(hierarchical_adapter=hierarchical_adapter)
 
     def denoise(
@@ -96,7 +97,7 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
         num_inference_steps: int = 30,
         high_res_inference_steps: int = 10,
         strength: float = 1.0,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_scale: float | None = None,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -125,6 +126,7 @@ class VidGenHierarchicalPipeline(VidGenPipelineBase):
             Others as in :class:`VidGenPipeline`.
         """
         # 1. Check inputs; stage one's size defaults to the model's, stage two's to twice that.
+        guidance_scale = self.resolve_guidance_scale(guidance_scale)
         num_frames, low_h, low_w = self.resolve_video_size(num_frames, low_res_height, low_res_width)
         height, width = height or 2 * low_h, width or 2 * low_w
         frame_rate = self.default_frame_rate if frame_rate is None else frame_rate

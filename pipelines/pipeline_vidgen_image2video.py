@@ -8,7 +8,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .common import DEFAULT_GUIDANCE_SCALE, VidGenPipelineBase, VidGenPipelineOutput
+from .common import VidGenPipelineBase, VidGenPipelineOutput
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -77,7 +77,7 @@ class VidGenImageToVideoPipeline(VidGenPipelineBase):
         num_frames: int | None = None,
         frame_rate: float = 25,
         num_inference_steps: int = 30,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_scale: float | None = None,
         guidance_rescale: float = 0.0,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -105,6 +105,7 @@ class VidGenImageToVideoPipeline(VidGenPipelineBase):
             Other arguments: as :meth:`VidGenPipeline.__call__`.
         """
         # 1. Check inputs; the video size defaults to the image's.
+        guidance_scale = self.resolve_guidance_scale(guidance_scale)
         first = image[0] if isinstance(image, list) and image else image
         fallback_hw = image_size(first) if isinstance(first, ImageInput) else None
         num_frames, height, width = self.resolve_video_size(num_frames, height, width, fallback_hw)

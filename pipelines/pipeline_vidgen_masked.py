@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .common import DEFAULT_GUIDANCE_SCALE, VidGenPipelineBase, VidGenPipelineOutput
+from .common import VidGenPipelineBase, VidGenPipelineOutput
 
 TASKS = ("predict", "backward_predict", "interpolate", "complete", "animate", "unconditional")
 
@@ -117,7 +117,7 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
         num_frames: int | None = None,
         frame_rate: float = 25,
         num_inference_steps: int = 30,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_scale: float | None = None,
         pixel_guidance_min_sigma: float = 0.5,
         generator: torch.Generator | None = None,
         prompt_embeds: torch.Tensor | None = None,
@@ -139,6 +139,7 @@ class VidGenMaskedVideoPipeline(VidGenPipelineBase):
         at which given pixel frames inside generated latent frames steer the sampler (see the class).
         Returns the whole video, given content included."""
         # 1. Check inputs; sizes default to the input video's.
+        guidance_scale = self.resolve_guidance_scale(guidance_scale)
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}; got {task!r}")
         if not 0 <= pixel_guidance_min_sigma <= 1:

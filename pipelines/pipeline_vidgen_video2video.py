@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..attention import installed_attention
 from ..attention.freeswim import FreeSwim
-from .common import DEFAULT_GUIDANCE_SCALE, VidGenPipelineBase, VidGenPipelineOutput
+from .common import VidGenPipelineBase, VidGenPipelineOutput
 
 
 class VidGenVideoToVideoPipeline(VidGenPipelineBase):
@@ -37,7 +37,7 @@ class VidGenVideoToVideoPipeline(VidGenPipelineBase):
         width: int | None = None,
         frame_rate: float = 25,
         num_inference_steps: int = 30,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         prompt_embeds: torch.Tensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
@@ -56,6 +56,7 @@ class VidGenVideoToVideoPipeline(VidGenPipelineBase):
         it is resized to ``height`` x ``width`` (default: its own size). Other arguments: as
         :meth:`VidGenPipeline.__call__`."""
         # 1. Check inputs; sizes default to the input video's.
+        guidance_scale = self.resolve_guidance_scale(guidance_scale)
         if video is None or len(video) == 0:
             raise ValueError("video is required: the frames to edit")
         if not (isinstance(strength, int | float) and 0 < strength <= 1):

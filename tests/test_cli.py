@@ -223,3 +223,17 @@ def test_sampler_flag_sets_the_schedulers_steps(model_dir, tmp_path):
     bad = vidgen("t2v", "--model", model_dir, "--prompt", "a", "--autoregressive", "--sampler", "euler",
                  "--output", tmp_path / "x.mp4")  # fmt: skip
     assert bad.returncode == 2 and "--sampler" in bad.stderr
+
+
+def test_t2v_samples_at_the_folders_own_guidance_unless_told(tmp_path):
+    folder = tmp_path / "student"
+    VidGenPipeline(**tiny_components(), default_guidance_scale=1.0).save_pretrained(folder)
+    runs = {}
+    for name, flags in (("folder", []), ("off", ["--guidance", 1]), ("two", ["--guidance", 2])):
+        out = tmp_path / f"{name}.mp4"
+        result = vidgen("t2v", "--model", folder, "--prompt", "a red circle moves right", "--steps", 2,
+                        *flags, "--output", out)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        runs[name] = np.asarray(load_video(out), dtype=np.float32)
+    np.testing.assert_array_equal(runs["folder"], runs["off"])
+    assert np.abs(runs["folder"] - runs["two"]).max() > 0

@@ -125,6 +125,10 @@ def test_evaluate_passes_the_guidance_scale_to_every_task(monkeypatch):
         "VidGenPipeline", "VidGenImageToVideoPipeline", "VidGenMaskedVideoPipeline"
     }  # fmt: skip
     assert {g for _, g in seen} == {5.0}
+    seen.clear()  # without a scale, every task samples at the folder's own default
+    pipe.register_to_config(default_guidance_scale=1.5)
+    evaluate(pipe, ("t2v", "i2v", "predict"), n=1, steps=1)
+    assert len({name for name, _ in seen}) == 3 and {g for _, g in seen} == {1.5}
 
 
 def test_evaluate_by_objects_splits_one_and_two_object_captions():

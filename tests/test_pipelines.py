@@ -106,6 +106,26 @@ def test_save_load_round_trip(pipe, tmp_path):
     assert type(loaded.transformer) is type(pipe.transformer)
 
 
+
+def test_folder_default_guidance_is_saved_reloaded_carried_and_used(tmp_path):
+    pipe = VidGenPipeline(**tiny_components(), default_guidance_scale=1.0)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path)
+    loaded = VidGenPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    i2v = VidGenImageToVideoPipeline.from_pipe(loaded)
+    assert loaded.resolve_guidance_scale(None) == i2v.resolve_guidance_scale(None) == 1.0
+    assert loaded.resolve_guidance_scale(3.0) == 3.0  # an explicit scale wins
+    default = loaded(PROMPT, generator=_gen(), output_type="latent", **FAST).frames
+    off = loaded(PROMPT, guidance_scale=1.0, generator=_gen(), output_type="latent", **FAST).frames
+    guided = loaded(PROMPT, guidance_scale=2.0, generator=_gen(), output_type="latent", **FAST).frames
+    torch.testing.assert_close(default, off)
+    assert (default - guided).abs().max() > 1e-4
+    # A folder that does not say samples at the library default.
+    assert VidGenPipeline(**tiny_components()).resolve_guidance_scale(None) == 2.0
+    with pytest.raises(ValueError, match="default_guidance_scale must be >= 0 or None; got -1"):
+        VidGenPipeline(**tiny_components(), default_guidance_scale=-1)
+
 BAD_INPUTS = [
     (dict(height=30), "height must be a positive multiple of 4"),
     (dict(width=0), "width must be a positive multiple of 4"),

@@ -91,7 +91,8 @@ def _add_generation_flags(p: argparse.ArgumentParser, masked: bool = False) -> N
     )
     p.add_argument(
         "--guidance", type=float, default=None,
-        help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE_SCALE:g}; 1, off, with --autoregressive)",
+        help=f"classifier-free guidance scale (default: the model folder's, else {DEFAULT_GUIDANCE_SCALE:g}; 1, off, "
+        "with --autoregressive)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _add_sampler_flag(p)
@@ -175,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--guidance",
         type=_positive_float,
-        default=DEFAULT_GUIDANCE_SCALE,
-        help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE_SCALE:g})",
+        default=None,
+        help=f"classifier-free guidance scale (default: the model folder's, else {DEFAULT_GUIDANCE_SCALE:g})",
     )
     evaluate.add_argument("--tasks", default="t2v,i2v,predict,interpolate", help="comma-separated tasks")
     evaluate.add_argument(
@@ -274,13 +275,14 @@ def _load_pipeline(cls, model: str | None, dtype, device):
 
 
 def _sampling_defaults(args) -> None:
-    """Steps and guidance: 30 and ``DEFAULT_GUIDANCE_SCALE`` for the bidirectional pipelines; 4 and 1 (off)
-    for the distilled causal model of ``--autoregressive``."""
+    """Steps and guidance: 30 and the folder's guidance (``None``: the pipeline reads model_index.json, else
+    ``DEFAULT_GUIDANCE_SCALE``) for the bidirectional pipelines; 4 and 1 (off) for the distilled causal
+    model of ``--autoregressive``."""
     autoregressive = getattr(args, "autoregressive", False)
     if args.steps is None:
         args.steps = 4 if autoregressive else 30
-    if args.guidance is None:
-        args.guidance = 1.0 if autoregressive else DEFAULT_GUIDANCE_SCALE
+    if args.guidance is None and autoregressive:
+        args.guidance = 1.0
     if not autoregressive and getattr(args, "kv_cache_frames", None) is not None:
         raise CLIError("--kv-cache-frames applies with --autoregressive only")
     if autoregressive and (args.freeswim or args.attention == "draft"):

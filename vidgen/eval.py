@@ -19,7 +19,6 @@ import numpy as np
 from scipy import ndimage
 
 from .data import shapes
-from .pipelines.common import DEFAULT_GUIDANCE_SCALE
 
 MIN_AREA = 30  # pixels at 64x64; the smallest object (triangle, r = 6) has 72
 MIN_RELATIVE_AREA = 0.15  # and at least this share of the largest object's area
@@ -278,7 +277,7 @@ def evaluate(
     n: int = 100,
     steps: int | None = None,
     seed: int | Sequence[int] = 0,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    guidance_scale: float | None = None,
     by_objects: bool = False,
     on_video=None,
 ):
@@ -294,7 +293,9 @@ def evaluate(
 
     ``by_objects``: also score the single-object captions (every one seen in training, with new seeds)
     and the two-object captions (combinations training never sees) apart, as rows ``"{task}, 1 object"``
-    and ``"{task}, 2 objects"``: the second is where attribute binding is tested."""
+    and ``"{task}, 2 objects"``: the second is where attribute binding is tested.
+
+    ``guidance_scale`` ``None``: the pipeline's own default (its folder's ``default_guidance_scale``)."""
     import torch
 
     from vidgen import VidGenImageToVideoPipeline, VidGenMaskedVideoPipeline
