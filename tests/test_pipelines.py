@@ -106,7 +106,6 @@ def test_save_load_round_trip(pipe, tmp_path):
     assert type(loaded.transformer) is type(pipe.transformer)
 
 
-
 def test_folder_default_guidance_is_saved_reloaded_carried_and_used(tmp_path):
     pipe = VidGenPipeline(**tiny_components(), default_guidance_scale=1.0)
     pipe.set_progress_bar_config(disable=True)
@@ -125,6 +124,7 @@ def test_folder_default_guidance_is_saved_reloaded_carried_and_used(tmp_path):
     assert VidGenPipeline(**tiny_components()).resolve_guidance_scale(None) == 2.0
     with pytest.raises(ValueError, match="default_guidance_scale must be >= 0 or None; got -1"):
         VidGenPipeline(**tiny_components(), default_guidance_scale=-1)
+
 
 BAD_INPUTS = [
     (dict(height=30), "height must be a positive multiple of 4"),
