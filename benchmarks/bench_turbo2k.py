@@ -10,6 +10,8 @@ video of each pipeline folder (the first one is the reference for the speed-up),
 ``--guidance`` gives one classifier-free guidance scale for all, or one per ``--model`` (a model in another
 latent space may need its own: 1 turns guidance off and halves the cost); without it, each folder samples
 at its own ``default_guidance_scale`` (the Turbo2K recipe writes 1 into a student's folder).
+``NAME=turbo2k:FOLDER`` measures the student a pipeline folder keeps in ``transformer_turbo2k/`` and
+``vae_turbo2k/`` (the embedded default's: ``--model shipped=turbo2k:vidgen/default_model``).
 
 ``hierarchical``: at each size, direct generation (dense attention), FreeSwim (its upscale recipe, the
 better of its two in earlier measurements) and the hierarchical pipeline, on object count, color, shape
@@ -29,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from results_md import write_section  # benchmarks/results_md.py
 
-from vidgen import HIERARCHICAL_SUBFOLDER, HierarchicalAdapter, VidGenHierarchicalPipeline, VidGenPipeline
+from vidgen import (
+    HIERARCHICAL_SUBFOLDER,
+    HierarchicalAdapter,
+    VidGenHierarchicalPipeline,
+    VidGenPipeline,
+    turbo2k_components,
+)
 from vidgen.data import shapes
 from vidgen.eval import evaluate, evaluation_set, read_video, summarize
 from vidgen.pipelines import generate_high_resolution
@@ -63,7 +71,9 @@ def distill(args) -> str:
     ]
     reference = None
     for (name, folder), guidance in zip(models.items(), scales):
-        pipe = VidGenPipeline.from_pretrained(folder).to(DEVICE)
+        kept = folder.removeprefix("turbo2k:")  # the student a folder keeps beside its own DiT
+        parts = turbo2k_components(kept) if kept != folder else {}
+        pipe = VidGenPipeline.from_pretrained(kept, **parts).to(DEVICE)
         guidance = pipe.resolve_guidance_scale(guidance)
         pipe.set_progress_bar_config(disable=True)
         call = dict(
@@ -75,7 +85,9 @@ def distill(args) -> str:
             pipe("a red circle moves right", generator=torch.Generator().manual_seed(i), **call)
         seconds = (time.perf_counter() - tic) / 4
         reference = reference or seconds
-        scores = evaluate(pipe, ["t2v"], n=args.num, steps=args.steps, seed=args.seeds, guidance_scale=guidance)
+        scores = evaluate(
+            pipe, ["t2v"], n=args.num, steps=args.steps, seed=args.seeds, guidance_scale=guidance
+        )
         s = scores["t2v"]
         tokens = int(np.prod(pipe.transformer.config.sample_size))
         params = sum(p.numel() for p in pipe.transformer.parameters()) / 1e6

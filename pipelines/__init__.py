@@ -1,5 +1,12 @@
 from .common import VidGenPipelineOutput
-from .pipeline_vidgen import VidGenPipeline
+from .pipeline_vidgen import (
+    TURBO2K_GUIDANCE_SCALE,
+    TURBO2K_SUBFOLDER,
+    TURBO2K_VAE_SUBFOLDER,
+    VidGenPipeline,
+    save_turbo2k_student,
+    turbo2k_components,
+)
 from .pipeline_vidgen_autoregressive import (
     CAUSAL_SUBFOLDER,
     CAUSAL_TEXT_ENCODER_SUBFOLDER,
@@ -17,6 +24,9 @@ __all__ = [
     "CAUSAL_TEXT_ENCODER_SUBFOLDER",
     "HIERARCHICAL_SUBFOLDER",
     "STREAMING_VAE_SUBFOLDER",
+    "TURBO2K_GUIDANCE_SCALE",
+    "TURBO2K_SUBFOLDER",
+    "TURBO2K_VAE_SUBFOLDER",
     "VidGenAutoregressivePipeline",
     "VidGenHierarchicalPipeline",
     "VidGenImageToVideoPipeline",
@@ -26,4 +36,6 @@ __all__ = [
     "VidGenVideoToVideoPipeline",
     "causal_components",
     "generate_high_resolution",
+    "save_turbo2k_student",
+    "turbo2k_components",
 ]

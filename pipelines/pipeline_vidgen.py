@@ -2,11 +2,91 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
 
 from .common import VidGenPipelineBase, VidGenPipelineOutput
+
+TURBO2K_SUBFOLDER = "transformer_turbo2k"
+"""Where a pipeline folder keeps a Turbo2K student DiT (``scripts/distill_turbo2k.py``) next to its own
+``transformer``: it works in the compressed latent space of the VAE in ``TURBO2K_VAE_SUBFOLDER`` and reads
+the folder's text encoder (the CLI's ``--turbo`` loads both)."""
+TURBO2K_VAE_SUBFOLDER = "vae_turbo2k"
+"""Where a pipeline folder keeps the compressed VAE its Turbo2K student works in."""
+TURBO2K_GUIDANCE_SCALE = 1.0
+"""The guidance a Turbo2K student samples at by default: off (at the teacher's 2 it over-saturates)."""
+
+
+def turbo2k_components(folder) -> dict:
+    """The Turbo2K student a pipeline folder keeps next to its own parts, as keyword arguments for
+    ``VidGenPipeline.from_pretrained(folder, **turbo2k_components(folder))``: the student DiT
+    (``transformer``), its compressed VAE (``vae``) and its default guidance (off). Stored in float16,
+    loaded in float32 (cast with ``pipe.to`` as usual)."""
+    from ..models import VidGenTransformer3DModel, VidGenVideoAutoencoder
+
+    missing = [
+        sub
+        for sub in (TURBO2K_SUBFOLDER, TURBO2K_VAE_SUBFOLDER)
+        if not os.path.isdir(os.path.join(folder, sub))
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} has no Turbo2K student ({' and '.join(m + '/' for m in missing)} missing); distill one with "
+            "scripts/distill_turbo2k.py and add it with save_turbo2k_student"
+        )
+    return {
+        "transformer": VidGenTransformer3DModel.from_pretrained(
+            folder, subfolder=TURBO2K_SUBFOLDER, torch_dtype=torch.float32
+        ),
+        "vae": VidGenVideoAutoencoder.from_pretrained(
+            folder, subfolder=TURBO2K_VAE_SUBFOLDER, torch_dtype=torch.float32
+        ),
+        "default_guidance_scale": TURBO2K_GUIDANCE_SCALE,
+    }
+
+
+def save_turbo2k_student(student_folder, into, dtype: torch.dtype = torch.float16) -> None:
+    """Add a distilled student (the pipeline folder ``scripts/distill_turbo2k.py`` writes) to the pipeline
+    folder ``into``: its ``transformer`` and ``vae`` become ``TURBO2K_SUBFOLDER`` and
+    ``TURBO2K_VAE_SUBFOLDER``, stored in ``dtype`` (float16 halves the size). The student reads ``into``'s
+    text encoder, so the two folders' text encoders must hold the same weights. Each part is written to a
+    temporary folder and renamed into place: a failure leaves no half-written part."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    from ..models import VidGenTransformer3DModel, VidGenVideoAutoencoder
+
+    if not os.path.isfile(os.path.join(into, "model_index.json")):
+        raise FileNotFoundError(f"into={into!r} is not a pipeline folder (no model_index.json)")
+    weights = [os.path.join(folder, "text_encoder", "model.safetensors") for folder in (student_folder, into)]
+    theirs, ours = (load_file(w) for w in weights)
+    if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k]) for k in ours):
+        raise ValueError(
+            f"student_folder={student_folder!r} was distilled with another text encoder than into={into!r} has; "
+            "the student reads the folder's text encoder, so they must be the same"
+        )
+    parts = (
+        (VidGenTransformer3DModel, "transformer", TURBO2K_SUBFOLDER),
+        (VidGenVideoAutoencoder, "vae", TURBO2K_VAE_SUBFOLDER),
+    )
+    for cls, sub, target in parts:
+        model = cls.from_pretrained(student_folder, subfolder=sub, torch_dtype=dtype)
+        tmp = tempfile.mkdtemp(prefix=f".{target}-", dir=into)
+        os.chmod(tmp, 0o755)  # mkdtemp's is private; the part is package data like its neighbours
+        try:
+            model.save_pretrained(tmp)
+        except BaseException:
+            shutil.rmtree(tmp)
+            raise
+        final, old = os.path.join(into, target), os.path.join(into, f".{target}-old")
+        if os.path.isdir(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class VidGenPipeline(VidGenPipelineBase):

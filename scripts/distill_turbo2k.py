@@ -277,6 +277,7 @@ def main(argv=None):
             num_attention_heads=args.student_heads,
             attention_head_dim=args.student_head_dim,
             caption_channels=text_encoder.config.d_model,
+            caption_positions=teacher.config.caption_positions,  # the teacher's architecture, from a seed
             block_layout="full",
             sample_size=grid_s,
             sample_frame_rate=teacher.config.sample_frame_rate,

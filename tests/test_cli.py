@@ -9,8 +9,15 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from vidgen import HIERARCHICAL_SUBFOLDER, HierarchicalAdapter, VidGenPipeline, load_video
-from vidgen.testing import tiny_components
+from vidgen import (
+    HIERARCHICAL_SUBFOLDER,
+    HierarchicalAdapter,
+    VidGenPipeline,
+    VidGenVideoAutoencoder,
+    load_video,
+    save_turbo2k_student,
+)
+from vidgen.testing import randomize_, tiny_components, tiny_transformer
 
 CLI = [sys.executable, "-m", "vidgen.cli"]
 
@@ -176,8 +183,35 @@ def test_hierarchical_generates_above_the_model_size_with_the_adapter_subfolder(
     ]:
         result = vidgen(*common, "--model", folder, *flags, "--output", tmp_path / "y.mp4")
         assert result.returncode == 2 and message in result.stderr, result.stderr
-    result = vidgen("t2v", "--model", folder, "--prompt", "a", "--high-res-steps", 2, "--output", tmp_path / "z.mp4")
+    result = vidgen(
+        "t2v", "--model", folder, "--prompt", "a", "--high-res-steps", 2, "--output", tmp_path / "z.mp4"
+    )
     assert result.returncode == 2 and "--high-res-steps applies with --hierarchical only" in result.stderr
+
+
+def test_turbo_samples_with_the_student_the_model_folder_keeps(model_dir, tmp_path):
+    common = ["t2v", "--prompt", "a red circle moves right", "--steps", 2, "--frames", 5, "--turbo"]
+    result = vidgen(*common, "--model", model_dir, "--output", tmp_path / "x.mp4")
+    assert (
+        result.returncode == 2 and "has no transformer_turbo2k/ and vae_turbo2k/ for --turbo" in result.stderr
+    )
+    folder, student = tmp_path / "with_student", tmp_path / "student"
+    shutil.copytree(model_dir, folder)
+    teacher = VidGenPipeline.from_pretrained(model_dir)
+    vae = VidGenVideoAutoencoder(latent_channels=8, block_out_channels=(8, 8, 8), patch_size=4)
+    VidGenPipeline.from_pipe(
+        teacher, vae=randomize_(vae, std=0.05), transformer=tiny_transformer(seed=1)
+    ).save_pretrained(student)
+    save_turbo2k_student(student, folder)
+    out = tmp_path / "turbo.mp4"
+    result = vidgen(*common, "--model", folder, "--height", 32, "--width", 32, "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert len(load_video(out)) == 5 and load_video(out)[0].size == (32, 32)
+    for flags in (["--hierarchical"], ["--autoregressive"], ["--freeswim", "--height", 64]):
+        result = vidgen(*common, "--model", folder, *flags, "--output", tmp_path / "y.mp4")
+        assert result.returncode == 2 and "--turbo does not combine with" in result.stderr, result.stderr
+    result = vidgen("eval", "--model", folder, "--turbo", "--num", 1, "--steps", 1, "--tasks", "t2v")
+    assert result.returncode == 0 and "| t2v |" in result.stdout, result.stderr
 
 
 def test_hierarchical_with_the_embedded_default_needs_no_model_flag(tmp_path):

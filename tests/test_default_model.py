@@ -11,6 +11,8 @@ from vidgen import (
     CAUSAL_TEXT_ENCODER_SUBFOLDER,
     HIERARCHICAL_SUBFOLDER,
     STREAMING_VAE_SUBFOLDER,
+    TURBO2K_SUBFOLDER,
+    TURBO2K_VAE_SUBFOLDER,
     HierarchicalAdapter,
     VidGenAutoregressivePipeline,
     VidGenHierarchicalPipeline,
@@ -31,7 +33,7 @@ def _pipe():
 # the causal student with its streaming decoder, and the Turbo2K parts.
 _EXTRA_PARTS = {
     "causal": ({CAUSAL_SUBFOLDER, CAUSAL_TEXT_ENCODER_SUBFOLDER, STREAMING_VAE_SUBFOLDER}, 15),
-    "turbo2k": ({HIERARCHICAL_SUBFOLDER}, 15),
+    "turbo2k": ({HIERARCHICAL_SUBFOLDER, TURBO2K_SUBFOLDER, TURBO2K_VAE_SUBFOLDER}, 15),
 }
 
 
@@ -87,7 +89,9 @@ def test_default_model_rolls_out_past_its_horizon_with_the_shipped_causal_studen
     pipe = VidGenAutoregressivePipeline.from_pretrained(vidgen.DEFAULT_MODEL, **parts)
     pipe.set_progress_bar_config(disable=True)
     caption = "a red circle moves right"
-    video = pipe(caption, num_frames=81, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
+    video = pipe(caption, num_frames=81, output_type="np", generator=torch.Generator().manual_seed(0)).frames[
+        0
+    ]
     assert video.shape == (81, 64, 64, 3)  # 21 latent frames: past the 5 of its training clips and its cache
     frames = (video * 255).round().astype(np.uint8)
     assert all(ev.detect(f) for f in frames)  # objects on black in every frame, not noise or blank
@@ -107,3 +111,21 @@ def test_default_model_ships_the_hierarchical_adapter_and_generates_above_its_si
     assert all(ev.detect(f) for f in frames)  # objects on black, not noise or blank
     report = ev.read_video(frames, caption)
     assert report.count_ok and report.per_object("color") == [True]  # one object, the prompt's color
+
+
+def test_default_model_ships_the_turbo2k_student_in_a_smaller_latent_space():
+    parts = vidgen.turbo2k_components(vidgen.DEFAULT_MODEL)
+    assert parts["transformer"].dtype == parts["vae"].dtype == torch.float32  # stored as fp16
+    pipe = VidGenPipeline.from_pretrained(vidgen.DEFAULT_MODEL, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    teacher = _pipe()
+    student_tokens, teacher_tokens = (p.transformer.config.sample_size for p in (pipe, teacher))
+    assert np.prod(teacher_tokens) >= 4 * np.prod(student_tokens)  # at least 4x fewer latent tokens
+    assert pipe.resolve_guidance_scale(None) == 1.0  # the student samples without guidance
+    caption = "a blue triangle moves up"
+    video = pipe(caption, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
+    assert video.shape == (17, 64, 64, 3)  # the teacher's video size
+    frames = (video * 255).round().astype(np.uint8)
+    assert all(ev.detect(f) for f in frames)  # objects on black, not noise or blank
+    report = ev.read_video(frames, caption)
+    assert report.count_ok and report.per_object("color") == [True]

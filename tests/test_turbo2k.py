@@ -9,14 +9,18 @@ import pytest
 import torch
 
 from vidgen import (
+    TURBO2K_SUBFOLDER,
+    TURBO2K_VAE_SUBFOLDER,
     HierarchicalAdapter,
     VidGenHierarchicalPipeline,
     VidGenPipeline,
     VidGenTransformer3DModel,
     VidGenVideoAutoencoder,
+    save_turbo2k_student,
+    turbo2k_components,
 )
 from vidgen.models.turbo2k import FeatureProjector, alignment_loss, pool_tokens, upsample_tokens
-from vidgen.testing import randomize_, tiny_components, tiny_transformer
+from vidgen.testing import randomize_, tiny_components, tiny_t5, tiny_transformer
 
 PROMPT = "a red circle moves right"
 
@@ -291,3 +295,40 @@ def test_student_from_teacher_copies_the_listed_blocks_and_starts_the_latent_pro
     torch.testing.assert_close(student.proj_out.weight, torch.zeros_like(student.proj_out.weight))
     with pytest.raises(ValueError, match="--student-from-teacher must list blocks in"):
         recipe.student_from_teacher(teacher, f"0,{len(teacher.transformer_blocks)}", vae, (5, 4, 4))
+
+
+def test_a_student_saved_into_a_folder_in_float16_loads_back_and_samples_as_its_own_folder(pipe, tmp_path):
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    pipe.save_pretrained(teacher_dir)
+    with pytest.raises(FileNotFoundError, match="has no Turbo2K student"):
+        turbo2k_components(teacher_dir)
+    vae = randomize_(
+        VidGenVideoAutoencoder(latent_channels=8, block_out_channels=(8, 8, 8), patch_size=4), std=0.05
+    )
+    student = VidGenPipeline.from_pipe(pipe, vae=vae.eval(), transformer=tiny_transformer(seed=1))
+    student.save_pretrained(student_dir)
+
+    save_turbo2k_student(student_dir, teacher_dir)
+    for sub in (TURBO2K_SUBFOLDER, TURBO2K_VAE_SUBFOLDER):
+        from safetensors.torch import load_file
+
+        stored = load_file(teacher_dir / sub / "diffusion_pytorch_model.safetensors")
+        assert {t.dtype for t in stored.values()} == {torch.float16}  # half the size on disk
+    assert sorted(p.name for p in teacher_dir.iterdir() if p.name.startswith(".")) == []  # no temporary left
+    parts = turbo2k_components(teacher_dir)
+    assert parts["transformer"].dtype == parts["vae"].dtype == torch.float32
+    turbo = VidGenPipeline.from_pretrained(teacher_dir, **parts)
+    turbo.set_progress_bar_config(disable=True)
+    assert turbo.resolve_guidance_scale(None) == 1.0 and pipe.resolve_guidance_scale(None) == 2.0
+    call = dict(height=32, width=32, num_inference_steps=2, guidance_scale=1.0, output_type="np")
+    ours = turbo(PROMPT, generator=torch.Generator().manual_seed(0), **call).frames
+    theirs = student(PROMPT, generator=torch.Generator().manual_seed(0), **call).frames
+    assert ours.shape == theirs.shape == (1, 9, 32, 32, 3)
+    assert np.abs(ours - theirs).max() < 0.02  # float16 storage only rounds the weights
+
+    other = VidGenPipeline.from_pipe(student, text_encoder=tiny_t5(len(pipe.tokenizer), seed=5))
+    other.save_pretrained(tmp_path / "other")
+    before = (teacher_dir / TURBO2K_SUBFOLDER / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="another text encoder"):
+        save_turbo2k_student(tmp_path / "other", teacher_dir)
+    assert (teacher_dir / TURBO2K_SUBFOLDER / "diffusion_pytorch_model.safetensors").read_bytes() == before

@@ -18,6 +18,8 @@ from .pipelines import (
     CAUSAL_TEXT_ENCODER_SUBFOLDER,
     HIERARCHICAL_SUBFOLDER,
     STREAMING_VAE_SUBFOLDER,
+    TURBO2K_SUBFOLDER,
+    TURBO2K_VAE_SUBFOLDER,
     VidGenAutoregressivePipeline,
     VidGenHierarchicalPipeline,
     VidGenImageToVideoPipeline,
@@ -26,6 +28,8 @@ from .pipelines import (
     VidGenPipelineOutput,
     VidGenVideoToVideoPipeline,
     causal_components,
+    save_turbo2k_student,
+    turbo2k_components,
 )
 from .schedulers import VidGenFlowMatchScheduler
 from .video_io import export_to_video, load_image, load_video
@@ -43,6 +47,8 @@ __all__ = [
     "HIERARCHICAL_SUBFOLDER",
     "HierarchicalAdapter",
     "STREAMING_VAE_SUBFOLDER",
+    "TURBO2K_SUBFOLDER",
+    "TURBO2K_VAE_SUBFOLDER",
     "KVCache",
     "VidGenAutoregressivePipeline",
     "VidGenHierarchicalPipeline",
@@ -55,6 +61,8 @@ __all__ = [
     "VidGenVideoAutoencoder",
     "VidGenVideoToVideoPipeline",
     "causal_components",
+    "save_turbo2k_student",
+    "turbo2k_components",
     "export_to_video",
     "load_image",
     "load_video",
