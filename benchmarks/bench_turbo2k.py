@@ -85,9 +85,7 @@ def distill(args) -> str:
             pipe("a red circle moves right", generator=torch.Generator().manual_seed(i), **call)
         seconds = (time.perf_counter() - tic) / 4
         reference = reference or seconds
-        scores = evaluate(
-            pipe, ["t2v"], n=args.num, steps=args.steps, seed=args.seeds, guidance_scale=guidance
-        )
+        scores = evaluate(pipe, ["t2v"], n=args.num, steps=args.steps, seed=args.seeds, guidance_scale=guidance)
         s = scores["t2v"]
         tokens = int(np.prod(pipe.transformer.config.sample_size))
         params = sum(p.numel() for p in pipe.transformer.parameters()) / 1e6

@@ -183,9 +183,7 @@ def test_hierarchical_generates_above_the_model_size_with_the_adapter_subfolder(
     ]:
         result = vidgen(*common, "--model", folder, *flags, "--output", tmp_path / "y.mp4")
         assert result.returncode == 2 and message in result.stderr, result.stderr
-    result = vidgen(
-        "t2v", "--model", folder, "--prompt", "a", "--high-res-steps", 2, "--output", tmp_path / "z.mp4"
-    )
+    result = vidgen("t2v", "--model", folder, "--prompt", "a", "--high-res-steps", 2, "--output", tmp_path / "z.mp4")
     assert result.returncode == 2 and "--high-res-steps applies with --hierarchical only" in result.stderr
 
 

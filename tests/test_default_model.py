@@ -89,9 +89,7 @@ def test_default_model_rolls_out_past_its_horizon_with_the_shipped_causal_studen
     pipe = VidGenAutoregressivePipeline.from_pretrained(vidgen.DEFAULT_MODEL, **parts)
     pipe.set_progress_bar_config(disable=True)
     caption = "a red circle moves right"
-    video = pipe(caption, num_frames=81, output_type="np", generator=torch.Generator().manual_seed(0)).frames[
-        0
-    ]
+    video = pipe(caption, num_frames=81, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
     assert video.shape == (81, 64, 64, 3)  # 21 latent frames: past the 5 of its training clips and its cache
     frames = (video * 255).round().astype(np.uint8)
     assert all(ev.detect(f) for f in frames)  # objects on black in every frame, not noise or blank

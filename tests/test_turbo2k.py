@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from vidgen import (
     TURBO2K_SUBFOLDER,
@@ -310,8 +311,6 @@ def test_a_student_saved_into_a_folder_in_float16_loads_back_and_samples_as_its_
 
     save_turbo2k_student(student_dir, teacher_dir)
     for sub in (TURBO2K_SUBFOLDER, TURBO2K_VAE_SUBFOLDER):
-        from safetensors.torch import load_file
-
         stored = load_file(teacher_dir / sub / "diffusion_pytorch_model.safetensors")
         assert {t.dtype for t in stored.values()} == {torch.float16}  # half the size on disk
     assert sorted(p.name for p in teacher_dir.iterdir() if p.name.startswith(".")) == []  # no temporary left
