@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import T5Config, T5EncoderModel
@@ -132,6 +132,15 @@ def parse_args():
     p.add_argument(
         "--object-weight", type=float, default=8.0, help="loss weight of object tokens vs background"
     )
+    p.add_argument(
+        "--logit-normal-share", type=float, default=0.0,
+        help="share of samples whose noise level is drawn logit-normal (diffusers' SD3 scheme, mean "
+        "--logit-mean, std 1) instead of uniform, before the sampler's shift",
+    )  # fmt: skip
+    p.add_argument(
+        "--logit-mean", type=float, default=1.0,
+        help="mean of the logit-normal draw; > 0 favours high noise, where layout and motion are decided",
+    )  # fmt: skip
     p.add_argument(
         "--two-object-share", type=float, default=None,
         help="draw two-object clips with this probability (default: as often as the cache holds them, half)",
@@ -286,6 +295,20 @@ def clip_weights(tokens: torch.Tensor, two_object_share: float | None) -> torch.
         raise ValueError("--two-object-share needs both one-object and two-object clips in the cache")
     share = torch.where(two, two_object_share / two.sum(), (1 - two_object_share) / (~two).sum())
     return share.double()
+
+
+def noise_draws(n: int, g: torch.Generator, logit_normal_share: float, logit_mean: float) -> torch.Tensor:
+    """``(n,)`` draws in (0, 1) that the sampler's shift turns into noise levels: uniform, or for a share
+    of them logit-normal (diffusers' SD3 scheme, std 1), which with ``logit_mean`` > 0 trains more at the
+    high noise levels where layout and motion are decided. A share of 0 keeps the recipe's random stream."""
+    if not 0 <= logit_normal_share <= 1:
+        raise ValueError(f"--logit-normal-share must be in [0, 1]; got {logit_normal_share}")
+    u = torch.rand(n, generator=g)
+    if logit_normal_share > 0:
+        high = torch.rand(n, generator=g) < logit_normal_share
+        logit_normal = compute_density_for_timestep_sampling("logit_normal", n, logit_mean, 1.0, generator=g)
+        u = torch.where(high, logit_normal, u)
+    return u.clamp(1e-4, 1 - 1e-4)
 
 
 def cosine_lr(step, total, peak, warmup=100):
@@ -485,7 +508,7 @@ def train_dit(args, run: Path, accelerator: Accelerator, cache: dict, vocab_size
         mask = torch.stack(
             [sample_default_training_mask((Fl, H, W), g, args.t2v_share) for _ in idx]
         )  # (B, F, H, W)
-        u = torch.rand(len(idx), generator=g).clamp(1e-4, 1 - 1e-4)
+        u = noise_draws(len(idx), g, args.logit_normal_share, args.logit_mean)  # (B,) in (0, 1)
         sigma = math.exp(mu) / (math.exp(mu) + (1 / u - 1))  # (B,) shifted like the sampler
         noise = torch.randn(x0.shape, generator=g)
         s = sigma.view(-1, 1, 1, 1, 1)

@@ -54,6 +54,20 @@ def test_clip_weights_give_the_two_object_share(load_script):
         recipe.clip_weights(tokens[:6], 0.5)
 
 
+def test_noise_draws_keep_the_uniform_stream_and_shift_a_share_towards_high_noise(load_script):
+    recipe = load_script("train_default")
+    uniform = recipe.noise_draws(4000, torch.Generator().manual_seed(0), 0.0, 1.0)
+    recipe_stream = torch.rand(4000, generator=torch.Generator().manual_seed(0)).clamp(1e-4, 1 - 1e-4)
+    assert torch.equal(uniform, recipe_stream)  # share 0: the draws the shipped model was trained with
+    high = recipe.noise_draws(4000, torch.Generator().manual_seed(0), 1.0, 1.0)
+    assert ((high > 0) & (high < 1)).all()
+    assert high.median().item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.03)
+    half = recipe.noise_draws(4000, torch.Generator().manual_seed(0), 0.5, 1.0)
+    assert uniform.median() < half.median() < high.median()
+    with pytest.raises(ValueError, match="--logit-normal-share must be in"):
+        recipe.noise_draws(4, torch.Generator(), 1.5, 1.0)
+
+
 def test_grown_block_order_spreads_the_new_blocks(load_script):
     order = load_script("train_default").grown_block_order
     assert order(5, 7) == [0, 1, None, 2, None, 3, 4]
