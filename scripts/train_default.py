@@ -28,6 +28,8 @@ Stages (each skipped when its output exists; a killed run resumes from its last 
    the latent tokens of each object must attend to its own phrase rather than the other object's.
    ``--freeze-text-encoder`` trains the DiT alone (a causal student distilled with the text encoder
    keeps working with the result).
+   ``--logit-normal-share 0.5 --logit-mean 1`` draws half of the noise levels logit-normal instead of
+   uniform, towards the high noise where an object's place and motion are decided (``noise_draws``).
    ``--dit-ema 0.999`` keeps an exponential moving average of the weights and exports it (resuming a
    run's checkpoint with a longer ``--dit-steps`` continues training on the stretched cosine schedule).
 4. Export: a diffusers pipeline folder (safetensors) with ``VidGenPipeline``.
