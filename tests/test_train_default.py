@@ -58,7 +58,7 @@ def test_noise_draws_keep_the_uniform_stream_and_shift_a_share_towards_high_nois
     recipe = load_script("train_default")
     uniform = recipe.noise_draws(4000, torch.Generator().manual_seed(0), 0.0, 1.0)
     recipe_stream = torch.rand(4000, generator=torch.Generator().manual_seed(0)).clamp(1e-4, 1 - 1e-4)
-    assert torch.equal(uniform, recipe_stream)  # share 0: the draws the shipped model was trained with
+    assert torch.equal(uniform, recipe_stream)  # share 0: the uniform stream of the earlier legs
     high = recipe.noise_draws(4000, torch.Generator().manual_seed(0), 1.0, 1.0)
     assert ((high > 0) & (high < 1)).all()
     assert high.median().item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.03)
