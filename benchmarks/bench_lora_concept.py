@@ -183,6 +183,11 @@ def main():
         "--logit-mean", type=float, default=None, help="train.timestep_sampling logit_normal with this mean"
     )
     p.add_argument(
+        "--caption-dropout", type=float, default=None,
+        help="train.caption_dropout: the share of steps trained on the empty caption (default: the trainer's); "
+        "0 leaves the unconditional branch that guidance pushes away from as the base model had it",
+    )  # fmt: skip
+    p.add_argument(
         "--mixed-precision",
         choices=("no", "bf16"),
         default="no",
@@ -237,6 +242,8 @@ def main():
         extra += ["--lora.target_modules", f"[{args.target_modules}]"]
     if args.logit_mean is not None:
         extra += ["--train.timestep_sampling", "logit_normal", "--train.logit_mean", str(args.logit_mean)]
+    if args.caption_dropout is not None:
+        extra += ["--train.caption_dropout", str(args.caption_dropout)]
     extra += [
         "--train.motion_weight",
         str(args.motion_weight),
@@ -296,6 +303,7 @@ def main():
         + (f"; motion weight {args.motion_weight:g}" if args.motion_weight else "")
         + (f"; mixed precision {args.mixed_precision}" if args.mixed_precision != "no" else "")
         + (f"; noise levels logit-normal, mean {args.logit_mean:g}" if args.logit_mean is not None else "")
+        + (f"; caption dropout {args.caption_dropout:g}" if args.caption_dropout is not None else "")
     )
     print(
         f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}; "
