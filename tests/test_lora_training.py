@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from vidgen import VidGenPipeline, load_video
 from vidgen.testing import tiny_components, write_shapes_clips
-from vidgen.training.train_lora import LORA_WEIGHT_NAME, main
+from vidgen.training.train_lora import LORA_WEIGHT_NAME, main, warn_slow_cpu_bf16
 
 ACCELERATE_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
@@ -403,3 +403,16 @@ def test_noise_level_sampling_and_motion_weight_train_and_refuse_bad_values(setu
     with pytest.raises(ValueError, match=r"train.motion_weight must be >= 0; got -1.0"):
         main(args(setup, tmp_path / "c", "--train.motion_weight", -1))
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path):
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("flags\t\t: fpu sse2 avx avx2 fma\n")
+    amx = tmp_path / "amx"
+    amx.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16\n")
+    cpu = torch.device("cpu")
+    with pytest.warns(UserWarning, match="mixed_precision is bf16 but this CPU has no bf16"):
+        assert warn_slow_cpu_bf16("bf16", cpu, cpuinfo=avx2)
+    assert not warn_slow_cpu_bf16("bf16", cpu, cpuinfo=amx)
+    assert not warn_slow_cpu_bf16("no", cpu, cpuinfo=avx2)
+    assert not warn_slow_cpu_bf16("bf16", cpu, cpuinfo=tmp_path / "missing")

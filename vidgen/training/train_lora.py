@@ -37,6 +37,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -480,6 +481,27 @@ class CSVLog:
 
 
 # --------------------------------------------------------------------------------------------------
+def warn_slow_cpu_bf16(mixed_precision: str, device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Warn when bf16 is asked for on a CPU without bf16 instructions (AMX or AVX512-BF16): PyTorch then
+    emulates it, and a training step is an order of magnitude slower than in fp32 (16 s against 0.8 s on
+    a 2-core AVX2 CPU). Returns whether it warned; silent where the CPU's flags cannot be read."""
+    if mixed_precision != "bf16" or device.type != "cpu":
+        return False
+    try:
+        flags = Path(cpuinfo).read_text().split()
+    except OSError:
+        return False
+    if "amx_bf16" in flags or "avx512_bf16" in flags:
+        return False
+    warnings.warn(
+        "train.mixed_precision is bf16 but this CPU has no bf16 instructions (amx_bf16 or avx512_bf16): "
+        "bf16 is emulated and training is much slower than with train.mixed_precision: no",
+        stacklevel=2,
+    )
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
 def main(argv=None) -> Path:
     config = parse_args(argv)
     out = Path(config.output_dir)
@@ -492,6 +514,7 @@ def main(argv=None) -> Path:
         # Validation and the first cache build run while the other processes wait.
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(hours=3))],
     )  # fmt: skip
+    warn_slow_cpu_bf16(config.train.mixed_precision, accelerator.device)
     out.mkdir(parents=True, exist_ok=True)
     t = config.train
     global_batch = t.batch_size * t.gradient_accumulation_steps * accelerator.num_processes
