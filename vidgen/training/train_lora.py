@@ -481,7 +481,7 @@ class CSVLog:
 
 
 # --------------------------------------------------------------------------------------------------
-def warn_slow_cpu_bf16(mixed_precision: str, device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> bool:
+def warn_slow_cpu_bf16(mixed_precision: str, device: torch.device, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Warn when bf16 is asked for on a CPU without bf16 instructions (AMX or AVX512-BF16): PyTorch then
     emulates it, and a training step is an order of magnitude slower than in fp32 (16 s against 0.8 s on
     a 2-core AVX2 CPU). Returns whether it warned; silent where the CPU's flags cannot be read."""
