@@ -75,21 +75,31 @@ def concept_objects(concept: str):
     return [o for o in singles if o not in held_out], held_out
 
 
-def with_companion(obj, rng):
-    others = [o for o in shapes.all_single_objects() if o.color != obj.color]
+def with_companion(obj, rng, motion: str | None = None):
+    """``obj`` and a second, ordinary object of another color (moving as ``motion`` says, if given)."""
+    others = [o for o in shapes.all_single_objects() if o.color != obj.color and motion in (None, o.motion)]
     return (obj, others[rng.integers(len(others))])
 
 
-def training_clips(concept: str, n: int, ordinary: int = 0) -> list[shapes.Clip]:
+def training_clips(
+    concept: str, n: int, ordinary: int = 0, companions: float = 0.5, cycle_motions: bool = False
+) -> list[shapes.Clip]:
     """``n`` clips: ``ordinary`` of them plain Shapes clips (to keep what the model knows), the rest
-    with the concept."""
+    with the concept, a share ``companions`` of those beside a second, ordinary object. With
+    ``cycle_motions`` the second objects' motions take the world's five in turn, so the concept is shown
+    beside each known direction word (else they are drawn at random)."""
     trained, _ = concept_objects(concept)
     rng = np.random.default_rng(7)
     order = rng.permutation(len(trained))
     clips = [shapes.sample_clip(SEED_BASE + 10_000 + i) for i in range(ordinary)]
+    paired = 0
     for i in range(n - ordinary):
         obj = trained[order[i % len(trained)]]
-        objects = (obj,) if i % 2 == 0 else with_companion(obj, rng)
+        if int((i + 1) * companions) > int(i * companions):  # spread evenly: 0.5 is every other clip
+            motion = shapes.MOTIONS[paired % len(shapes.MOTIONS)] if cycle_motions else None
+            objects, paired = with_companion(obj, rng, motion), paired + 1
+        else:
+            objects = (obj,)
         clips.append(shapes.render_clip(objects, SEED_BASE + i))
     return clips
 
@@ -142,10 +152,12 @@ def evaluate(pipe, concept, prompts, standard, steps, seed_base=0) -> dict[str, 
     tic = time.time()
     concept_videos = generate(pipe, prompts, steps, seed_base)
     standard_videos = generate(pipe, standard, steps, seed_base)
-    found = [concept_found(concept, v, prompt) for v, prompt in zip(concept_videos, prompts)]
+    found = np.array([concept_found(concept, v, prompt) for v, prompt in zip(concept_videos, prompts)])
+    two = np.array([len(shapes.parse_caption(prompt)) == 2 for prompt in prompts])
     scores = summarize([read_video(v, c) for v, c in zip(standard_videos, standard)])
-    return {"concept found": 100.0 * float(np.mean(found)), **scores,
-            "s/video": (time.time() - tic) / (len(prompts) + len(standard))}  # fmt: skip
+    return {"concept found": 100.0 * float(np.mean(found)),
+            "alone": 100.0 * float(np.mean(found[~two])), "beside another": 100.0 * float(np.mean(found[two])),
+            **scores, "s/video": (time.time() - tic) / (len(prompts) + len(standard))}  # fmt: skip
 
 
 def main():
@@ -157,6 +169,15 @@ def main():
     p.add_argument(
         "--ordinary", type=int, default=0, help="of the clips, plain Shapes clips without the concept"
     )
+    p.add_argument(
+        "--companions", type=float, default=0.5,
+        help="the share of the concept's clips that show a second, ordinary object beside it",
+    )  # fmt: skip
+    p.add_argument(
+        "--cycle-motions", action="store_true",
+        help="the second objects' motions take the world's five in turn (default: drawn at random), so the "
+        "concept word is trained beside every known direction word",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=600, help="LoRA training steps")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument(
@@ -224,12 +245,17 @@ def main():
 
     # 1. Data.
     data = out / "data"
-    clips = training_clips(args.concept, args.clips, args.ordinary)
+    clips = training_clips(args.concept, args.clips, args.ordinary, args.companions, args.cycle_motions)
     if not data.exists():
         data.mkdir(parents=True)
         for i, clip in enumerate(clips):
             export_to_video(clip.frames, data / f"clip_{i:03d}.mp4", fps=shapes.FPS)
             (data / f"clip_{i:03d}.txt").write_text(clip.caption + "\n")
+    elif [t.read_text().strip() for t in sorted(data.glob("clip_*.txt"))] != [c.caption for c in clips]:
+        raise SystemExit(
+            f"--out {out}: {data} holds clips rendered with other options (--concept, --clips, --ordinary, "
+            "--companions, --cycle-motions); give a new --out"
+        )
     prompts = evaluation_prompts(args.concept, args.eval_concept, {c.caption for c in clips})
 
     # 2. Training, once per training seed, timed (the first run includes the latent cache; later
@@ -307,7 +333,8 @@ def main():
     )
     print(
         f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}; "
-        f"generator seeds from {args.eval_seed}\n"
+        f"generator seeds from {args.eval_seed}; found 'alone' / 'beside another': in the prompts with the "
+        "concept's object alone / beside a second object\n"
     )
     if len(seeds) > 1:
         for scale in scales:
@@ -315,7 +342,8 @@ def main():
             rows[row_name("mean over seeds", scale, scales)] = {
                 m: float(np.mean([r[m] for r in trained])) for m in trained[0]
             }
-    metrics = ["concept found", "color", "shape", "direction", "count", "s/video", "minutes"]
+    metrics = ["concept found", "alone", "beside another", "color", "shape", "direction", "count", "s/video",
+               "minutes"]  # fmt: skip
     print("| model | " + " | ".join(metrics) + " |")
     print("|---" * (len(metrics) + 1) + "|")
     for name, scores in rows.items():
