@@ -92,12 +92,12 @@ def training_clips(
     rng = np.random.default_rng(7)
     order = rng.permutation(len(trained))
     clips = [shapes.sample_clip(SEED_BASE + 10_000 + i) for i in range(ordinary)]
-    paired = 0
     for i in range(n - ordinary):
         obj = trained[order[i % len(trained)]]
-        if int((i + 1) * companions) > int(i * companions):  # spread evenly: 0.5 is every other clip
+        paired = int(i * companions)  # concept clips so far with a second object
+        if int((i + 1) * companions) > paired:  # spread evenly: 0.5 is every other clip
             motion = shapes.MOTIONS[paired % len(shapes.MOTIONS)] if cycle_motions else None
-            objects, paired = with_companion(obj, rng, motion), paired + 1
+            objects = with_companion(obj, rng, motion)
         else:
             objects = (obj,)
         clips.append(shapes.render_clip(objects, SEED_BASE + i))
@@ -241,6 +241,8 @@ def main():
         help="do not evaluate the model without the LoRA (a screen of a new setting whose base row is known)",
     )  # fmt: skip
     args = p.parse_args()
+    if not 0 <= args.companions <= 1:
+        p.error(f"--companions is a share of the concept's clips, from 0 to 1; got {args.companions:g}")
     out = Path(args.out)
 
     # 1. Data.
