@@ -198,6 +198,14 @@ def main():
         "--word-lr", type=float, default=5e-3, help="with --learn-word: the embedding's learning rate"
     )
     p.add_argument(
+        "--text-encoder-rank", type=int, default=0,
+        help="text_encoder_lora.rank: LoRA on the text encoder too (0: off), so that a new word's phrase "
+        "need not take the other object's motion as the frozen encoder gives it",
+    )  # fmt: skip
+    p.add_argument(
+        "--text-encoder-lr", type=float, default=None, help="with --text-encoder-rank: its learning rate"
+    )
+    p.add_argument(
         "--motion-weight", type=float, default=0.0, help="train.motion_weight: loss weight on moving tokens"
     )
     p.add_argument(
@@ -268,6 +276,10 @@ def main():
                  f"[{args.learn_word}]", "--textual_inversion.learning_rate", str(args.word_lr)]  # fmt: skip
     if args.target_modules:
         extra += ["--lora.target_modules", f"[{args.target_modules}]"]
+    if args.text_encoder_rank:
+        extra += ["--text_encoder_lora.rank", str(args.text_encoder_rank)]
+        if args.text_encoder_lr is not None:
+            extra += ["--text_encoder_lora.learning_rate", str(args.text_encoder_lr)]
     if args.logit_mean is not None:
         extra += ["--train.timestep_sampling", "logit_normal", "--train.logit_mean", str(args.logit_mean)]
     if args.caption_dropout is not None:

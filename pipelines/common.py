@@ -61,6 +61,10 @@ class VidGenPipelineOutput(BaseOutput):
     frames: list | np.ndarray | torch.Tensor
 
 
+def _has_adapters(module) -> bool:
+    return bool(getattr(module, "peft_config", None))
+
+
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float):
     """Guidance rescale (Lin et al. 2023, sec. 3.4): match the guided prediction's std to the text one."""
     std_text = noise_pred_text.std(dim=list(range(1, noise_pred_text.ndim)), keepdim=True)
@@ -291,6 +295,108 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin, TextualInve
                     f"latents must be packed (B, N, C) = {(total, n, c)} for this size and batch; got {tuple(latents.shape)}"
                 )
         return batch_size
+
+    # ----------------------------------------------------------------------------------------------
+    # LoRA: diffusers' LTX-Video loader for the transformer, plus the text encoder. One file may hold
+    # both, as diffusers writes them: keys under "transformer." and under "text_encoder." (what
+    # ``vidgen train-lora`` saves with ``text_encoder_lora.rank`` > 0). set_adapters, fuse_lora,
+    # unfuse_lora and unload_lora_weights then act on both components.
+    _lora_loadable_modules = ["transformer", "text_encoder"]
+    text_encoder_name = "text_encoder"
+
+    def load_lora_weights(
+        self, pretrained_model_name_or_path_or_dict, adapter_name=None, hotswap=False, **kwargs
+    ):
+        """Load a LoRA in diffusers' format into the transformer and, where the file has keys under
+        ``text_encoder.``, into the text encoder under the same adapter name."""
+        low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", False)
+        source = pretrained_model_name_or_path_or_dict
+        if isinstance(source, dict):
+            source = source.copy()
+        state_dict, metadata = self.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+        if not all("lora" in key for key in state_dict):
+            raise ValueError("Invalid LoRA checkpoint: every parameter name must contain 'lora'")
+        prefix = f"{self.text_encoder_name}."
+        common = {"adapter_name": adapter_name, "metadata": metadata, "_pipeline": self,
+                  "low_cpu_mem_usage": low_cpu_mem_usage, "hotswap": hotswap}  # fmt: skip
+        text = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if len(text) < len(state_dict):
+            rest = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+            self.load_lora_into_transformer(rest, transformer=self.transformer, **common)
+        if text:
+            if self.text_encoder is None:
+                raise ValueError("this LoRA has text-encoder layers, but the pipeline has no text_encoder")
+            self._load_text_encoder_lora(text, metadata, adapter_name)
+
+    def _load_text_encoder_lora(self, state_dict, metadata, adapter_name) -> None:
+        """Inject a LoRA into the text encoder with peft itself. (diffusers' text-encoder loader goes
+        through transformers' ``load_adapter``, which newer transformers refuse with the peft releases
+        diffusers supports; peft's own injection works with any of them.)"""
+        from diffusers.utils import get_adapter_name
+        from diffusers.utils.peft_utils import _create_lora_config
+        from peft import inject_adapter_in_model
+        from peft.utils import set_peft_model_state_dict
+
+        prefix = f"{self.text_encoder_name}."
+        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+        if metadata is not None:
+            metadata = {
+                k.removeprefix(prefix): v for k, v in metadata.items() if k.startswith(prefix)
+            } or None
+        ranks = {k: v.shape[1] for k, v in state_dict.items() if k.endswith("lora_B.weight")}
+        config = _create_lora_config(state_dict, None, metadata, ranks, is_unet=False)
+        adapter_name = adapter_name or get_adapter_name(self.text_encoder)
+        if adapter_name in (getattr(self.text_encoder, "peft_config", None) or {}):
+            raise ValueError(f"adapter_name {adapter_name!r} is already in use by the text encoder")
+        inject_adapter_in_model(config, self.text_encoder, adapter_name=adapter_name)
+        result = set_peft_model_state_dict(self.text_encoder, state_dict, adapter_name)
+        missing = [k for k in result.missing_keys if "lora_" in k and f".{adapter_name}." in k]
+        if result.unexpected_keys or missing:
+            raise ValueError(
+                f"the LoRA's text-encoder layers do not match this text encoder "
+                f"({len(result.unexpected_keys)} unexpected, {len(missing)} missing)"
+            )
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory,
+        transformer_lora_layers=None,
+        text_encoder_lora_layers=None,
+        is_main_process: bool = True,
+        weight_name: str | None = None,
+        save_function=None,
+        safe_serialization: bool = True,
+        transformer_lora_adapter_metadata: dict | None = None,
+        text_encoder_lora_adapter_metadata: dict | None = None,
+    ):
+        """diffusers' LoRA file: ``transformer.*`` and, when given, ``text_encoder.*`` layers, each with
+        its peft config (rank, alpha, targets) as metadata."""
+        layers, metadata = {}, {}
+        for name, lora, meta in (
+            (cls.transformer_name, transformer_lora_layers, transformer_lora_adapter_metadata),
+            (cls.text_encoder_name, text_encoder_lora_layers, text_encoder_lora_adapter_metadata),
+        ):
+            if lora:
+                layers[name], metadata[name] = lora, meta
+        if not layers:
+            raise ValueError("save_lora_weights: pass transformer_lora_layers or text_encoder_lora_layers")
+        cls._save_lora_weights(
+            save_directory=save_directory, lora_layers=layers, lora_metadata=metadata,
+            is_main_process=is_main_process, weight_name=weight_name, save_function=save_function,
+            safe_serialization=safe_serialization,
+        )  # fmt: skip
+
+    def fuse_lora(self, components: list[str] | None = None, lora_scale: float = 1.0, **kwargs):
+        """diffusers' ``fuse_lora``; by default on every component that holds a LoRA."""
+        if components is None:
+            components = [c for c in self._lora_loadable_modules if _has_adapters(getattr(self, c, None))]
+        super().fuse_lora(components=components, lora_scale=lora_scale, **kwargs)
+
+    def unfuse_lora(self, components: list[str] | None = None, **kwargs):
+        if components is None:
+            components = [c for c in self._lora_loadable_modules if _has_adapters(getattr(self, c, None))]
+        super().unfuse_lora(components=components, **kwargs)
 
     # ----------------------------------------------------------------------------------------------
     def tokenize(self, prompt: list[str], max_sequence_length: int):

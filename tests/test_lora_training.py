@@ -325,6 +325,74 @@ def test_new_words_refuse_known_words_and_unknown_initializers(setup, word_data,
     assert not any((tmp_path / n / LORA_WEIGHT_NAME).exists() for n in "abc")
 
 
+def test_text_encoder_lora_trains_resumes_and_loads_with_load_lora_weights(setup, word_data, tmp_path):
+    from vidgen.cli import _load_lora
+    from vidgen.training.config import TextEncoderLoraConfig
+    from vidgen.training.train_lora import add_text_encoder_lora, encode_captions
+
+    def run(out, steps):
+        main(word_args(setup, word_data, tmp_path / out, "--text_encoder_lora.rank", 4,
+                       "--text_encoder_lora.learning_rate", 1e-2, "--train.max_steps", steps,
+                       "--checkpoints.every", 4))  # fmt: skip
+
+    run("straight", 8)
+    run("resumed", 4)  # stopped at step 4 and resumed: the same transformer LoRA, text-encoder LoRA and word
+    run("resumed", 8)
+    a, b = lora_weights(tmp_path / "straight"), lora_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    text_keys = [k for k in a if k.startswith("text_encoder.")]
+    assert text_keys and len(text_keys) < len(a)  # both components, in one file
+    trained = max(a[k].abs().max().item() for k in text_keys if "lora_B" in k)
+    assert trained > 1e-4  # B starts at 0
+
+    prompt = ["a red circle zorp moves left"]
+    pipe = VidGenPipeline.from_pretrained(setup / "tiny")
+    pipe.load_textual_inversion(tmp_path / "straight")
+    words_only, _ = pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
+    pipe.load_lora_weights(tmp_path / "straight", adapter_name="x")
+    loaded, _ = pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
+    assert (loaded - words_only).abs().max() > 1e-4
+    assert pipe.get_list_adapters() == {"transformer": ["x"], "text_encoder": ["x"]}
+
+    # What training encoded is what the pipeline encodes with the loaded LoRA.
+    fresh = VidGenPipeline.from_pretrained(setup / "tiny")
+    fresh.load_textual_inversion(tmp_path / "straight")
+    add_text_encoder_lora(fresh.text_encoder, TextEncoderLoraConfig(rank=4))
+    state = {k.removeprefix("text_encoder."): v for k, v in a.items() if k in text_keys}
+    set_peft_model_state_dict(fresh.text_encoder, state)
+    with torch.no_grad():
+        empty = torch.zeros(1, 16, loaded.shape[-1]), torch.zeros(1, 16, dtype=torch.bool)
+        encoded, _ = encode_captions(fresh, prompt, *empty)
+    torch.testing.assert_close(encoded, loaded, rtol=0, atol=1e-6)
+
+    # Scale, fuse and unload act on the text encoder too.
+    pipe.set_adapters(["x"], [0.0])
+    off, _ = pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
+    torch.testing.assert_close(off, words_only, rtol=0, atol=1e-6)
+    pipe.set_adapters(["x"], [1.0])
+    pipe.fuse_lora()
+    fused, _ = pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
+    torch.testing.assert_close(fused, loaded, rtol=0, atol=1e-5)
+    pipe.unfuse_lora()
+    pipe.unload_lora_weights()
+    unloaded, _ = pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
+    torch.testing.assert_close(unloaded, words_only, rtol=0, atol=1e-5)
+
+    # The CLI's --lora loads both components and the word.
+    cli_pipe = VidGenPipeline.from_pretrained(setup / "tiny")
+    _load_lora(cli_pipe, argparse.Namespace(lora=str(tmp_path / "straight"), lora_scale=None))
+    via_cli, _ = cli_pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
+    torch.testing.assert_close(via_cli, loaded, rtol=0, atol=1e-6)
+
+    with pytest.raises(ValueError, match=r"text_encoder_lora.rank must be >= 0"):
+        main(args(setup, tmp_path / "bad", "--text_encoder_lora.rank", -1))
+    with pytest.raises(ValueError, match=r"text_encoder_lora.target_modules \['nowhere'\]"):
+        main(args(setup, tmp_path / "bad2", "--text_encoder_lora.rank", 2,
+                  "--text_encoder_lora.target_modules", "[nowhere]"))  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+
+
 def test_the_example_config_loads_and_documents_every_key():
     import yaml
 

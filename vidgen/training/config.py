@@ -46,6 +46,18 @@ class TextualInversionConfig:
 
 
 @dataclass
+class TextEncoderLoraConfig:
+    """LoRA adapters on the text encoder too (rank 0: off). The encoder is then run at every step, so
+    a caption's encoding can change: what a frozen encoder mixes between a prompt's phrases (a new
+    word's phrase taking the other object's motion) can be trained away."""
+
+    rank: int = 0
+    alpha: float | None = None  # default: the rank
+    target_modules: list = field(default_factory=lambda: ["q", "k", "v", "o"])  # T5's attention
+    learning_rate: float | None = None  # default: train.learning_rate
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 500
     batch_size: int = 4  # per process and micro-step
@@ -103,6 +115,7 @@ class LoraTrainingConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
     textual_inversion: TextualInversionConfig = field(default_factory=TextualInversionConfig)
+    text_encoder_lora: TextEncoderLoraConfig = field(default_factory=TextEncoderLoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoints: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -112,7 +125,7 @@ class LoraTrainingConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        t, ti = self.train, self.textual_inversion
+        t, ti, te = self.train, self.textual_inversion, self.text_encoder_lora
         if not self.output_dir:
             raise ValueError("output_dir must be set")
         if not self.data.path:
@@ -142,6 +155,10 @@ class LoraTrainingConfig:
             (not ti.initializer or len(ti.initializer) == len(ti.tokens),
              "textual_inversion.initializer must be empty or name words for every one of textual_inversion.tokens"),
             (ti.learning_rate is None or ti.learning_rate > 0, "textual_inversion.learning_rate must be > 0"),
+            (te.rank >= 0, f"text_encoder_lora.rank must be >= 0 (0: no text-encoder LoRA); got {te.rank}"),
+            (te.alpha is None or te.alpha > 0, f"text_encoder_lora.alpha must be > 0; got {te.alpha}"),
+            (te.rank == 0 or bool(te.target_modules), "text_encoder_lora.target_modules must name at least one module"),
+            (te.learning_rate is None or te.learning_rate > 0, "text_encoder_lora.learning_rate must be > 0"),
             (self.logging.report_to in ("auto", "tensorboard", "none"), "logging.report_to: auto|tensorboard|none"),
         ]  # fmt: skip
         lists = (
@@ -150,6 +167,7 @@ class LoraTrainingConfig:
             ("data.buckets", self.data.buckets, (str, list)),
             ("textual_inversion.tokens", ti.tokens, (str,)),
             ("textual_inversion.initializer", ti.initializer, (str,)),
+            ("text_encoder_lora.target_modules", te.target_modules, (str,)),
         )
         for name, values, types in lists:
             rules.append((all(isinstance(v, types) for v in values), f"{name} must be a list of strings"))

@@ -47,7 +47,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, gather_object
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -56,7 +56,7 @@ from ..data.video_dataset import discover_media, parse_buckets
 from ..masks import sample_training_mask
 from ..pipelines.common import LEARNED_EMBEDS_NAME
 from .cache import build_cache, collect_cache, empty_prompt_entry, warn_skipped, write_atomic
-from .config import LoraTrainingConfig, TextualInversionConfig, load_config
+from .config import LoraTrainingConfig, TextEncoderLoraConfig, TextualInversionConfig, load_config
 from .distributed import average_gradients
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -111,6 +111,48 @@ def add_lora(transformer, config: LoraTrainingConfig) -> LoraConfig:
     return lora
 
 
+def add_text_encoder_lora(text_encoder, config: TextEncoderLoraConfig) -> LoraConfig:
+    """LoRA adapters on the (frozen) text encoder, injected with peft itself: transformers'
+    ``add_adapter`` refuses the peft releases that diffusers supports."""
+    lora = LoraConfig(
+        r=config.rank, lora_alpha=config.alpha or config.rank, target_modules=list(config.target_modules),
+        init_lora_weights=True,
+    )  # fmt: skip
+    try:
+        inject_adapter_in_model(lora, text_encoder, adapter_name="default")
+    except ValueError as e:
+        raise ValueError(
+            f"text_encoder_lora.target_modules {config.target_modules}: {str(e).splitlines()[0]}"
+        ) from e
+    return lora
+
+
+def encode_captions(
+    pipe, captions, embeds: torch.Tensor, text_mask: torch.Tensor, words=None, empty_too=False
+):
+    """A micro-batch's captions encoded again, through the learned words and the text encoder's LoRA
+    (whatever trains in the text path). ``None`` marks a caption dropped for guidance: it keeps the
+    cached empty prompt, or with ``empty_too`` (a text-encoder LoRA, which changes the empty prompt's
+    encoding too) is encoded as ``""``. Returns ``(B, T, C)`` embeddings and the ``(B, T)`` mask."""
+    if empty_too:
+        captions = ["" if c is None else c for c in captions]
+    keep = [i for i, c in enumerate(captions) if c is not None]
+    if not keep:
+        return embeds, text_mask
+    encoder = pipe.text_encoder
+    inputs = pipe.tokenize([captions[i] for i in keep], embeds.shape[1])  # as the pipelines do
+    ids = inputs.input_ids.to(encoder.device)
+    if words is not None:
+        encoded = encoder(inputs_embeds=words.embed(ids, encoder))[0]  # (b, T, C)
+    else:
+        encoded = encoder(ids)[0]
+    embeds = embeds.to(encoded.device, encoded.dtype).clone()
+    embeds[keep] = encoded
+    text_mask = text_mask.clone()
+    text_mask[keep] = inputs.attention_mask.bool().to(text_mask.device)
+    return embeds, text_mask
+
+
 # --------------------------------------------------------------------------------------------------
 # 1b. New words (textual inversion).
 class LearnedWords(torch.nn.Module):
@@ -160,17 +202,7 @@ class LearnedWords(torch.nn.Module):
     def encode(self, pipe, captions, embeds: torch.Tensor, text_mask: torch.Tensor):
         """A micro-batch's captions encoded again through the learned words (``None``: dropped for
         guidance, the cached empty prompt kept). ``(B, T, C)`` embeddings and ``(B, T)`` mask."""
-        keep = [i for i, c in enumerate(captions) if c is not None]
-        if not keep:
-            return embeds, text_mask
-        inputs = pipe.tokenize([captions[i] for i in keep], embeds.shape[1])  # as the pipelines do
-        ids = inputs.input_ids.to(self.weight.device)
-        encoded = pipe.text_encoder(inputs_embeds=self.embed(ids, pipe.text_encoder))[0]  # (b, T, C)
-        embeds = embeds.to(encoded.device, encoded.dtype).clone()
-        embeds[keep] = encoded
-        text_mask = text_mask.clone()
-        text_mask[keep] = inputs.attention_mask.bool()
-        return embeds, text_mask
+        return encode_captions(pipe, captions, embeds, text_mask, words=self)
 
     @torch.no_grad()
     def write_into(self, encoder) -> None:
@@ -321,6 +353,8 @@ def config_digest(config: LoraTrainingConfig) -> dict:
         else:
             d.pop(section, None)
     d.pop("output_dir", None)
+    if d["text_encoder_lora"]["rank"] == 0:  # off: digests match those of runs from before the option
+        d.pop("text_encoder_lora")
     for name in ("batch_size", "gradient_accumulation_steps"):  # compared as the global batch instead
         d["train"].pop(name, None)
     return d
@@ -332,14 +366,16 @@ def checkpoint_steps(out: Path) -> list[Path]:
 
 
 def save_checkpoint(
-    out, step, transformer, optimizer, lr_scheduler, scaler, config, global_batch, words=None
-) -> None:
+    out, step, transformer, optimizer, lr_scheduler, scaler, config, global_batch, words=None, text_encoder=None
+) -> None:  # fmt: skip
     folder = out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:06d}.", dir=folder))
     save_file(get_peft_model_state_dict(transformer), tmp / "adapter.safetensors")
     if words is not None:
         save_file({"weight": words.weight.detach().cpu().contiguous()}, tmp / "learned_words.safetensors")
+    if text_encoder is not None:
+        save_file(get_peft_model_state_dict(text_encoder), tmp / "text_encoder_adapter.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
     np_state = np.random.get_state()
@@ -362,7 +398,7 @@ def save_checkpoint(
 
 
 def resume(
-    out: Path, transformer, optimizer, lr_scheduler, config, global_batch: int, words=None
+    out: Path, transformer, optimizer, lr_scheduler, config, global_batch: int, words=None, text_encoder=None
 ) -> tuple[int, Path | None]:
     """Restore the newest checkpoint; returns its step (0 for a fresh run) and folder."""
     checkpoints = checkpoint_steps(out)
@@ -398,6 +434,8 @@ def resume(
     if words is not None:
         with torch.no_grad():
             words.weight.copy_(load_file(last / "learned_words.safetensors")["weight"])
+    if text_encoder is not None:
+        set_peft_model_state_dict(text_encoder, load_file(last / "text_encoder_adapter.safetensors"))
     optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
     lr_scheduler.load_state_dict(torch.load(last / "lr_scheduler.pt", weights_only=True))
     rng = json.loads((last / "rng.json").read_text())
@@ -420,14 +458,19 @@ def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def save_lora(out: Path, transformer, lora: LoraConfig) -> Path:
-    """diffusers' format (``pytorch_lora_weights.safetensors``, with rank and alpha as metadata)."""
+def save_lora(out: Path, transformer, lora: LoraConfig, text_encoder=None, text_lora=None) -> Path:
+    """diffusers' format (``pytorch_lora_weights.safetensors``, with rank and alpha as metadata); the
+    text encoder's layers, if any, under ``text_encoder.`` in the same file."""
     from .. import VidGenPipeline
 
     tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=out))
+    text = {}
+    if text_encoder is not None:
+        text = {"text_encoder_lora_layers": get_peft_model_state_dict(text_encoder),
+                "text_encoder_lora_adapter_metadata": text_lora.to_dict()}  # fmt: skip
     VidGenPipeline.save_lora_weights(
         tmp, transformer_lora_layers=get_peft_model_state_dict(transformer),
-        transformer_lora_adapter_metadata=lora.to_dict(),
+        transformer_lora_adapter_metadata=lora.to_dict(), **text,
     )  # fmt: skip
     os.replace(tmp / LORA_WEIGHT_NAME, out / LORA_WEIGHT_NAME)
     shutil.rmtree(tmp)
@@ -481,7 +524,9 @@ class CSVLog:
 
 
 # --------------------------------------------------------------------------------------------------
-def warn_slow_cpu_bf16(mixed_precision: str, device: torch.device, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+def warn_slow_cpu_bf16(
+    mixed_precision: str, device: torch.device, cpuinfo: str | Path = "/proc/cpuinfo"
+) -> bool:
     """Warn when bf16 is asked for on a CPU without bf16 instructions (AMX or AVX512-BF16): PyTorch then
     emulates it, and a training step is an order of magnitude slower than in fp32 (16 s against 0.8 s on
     a 2-core AVX2 CPU). Returns whether it warned; silent where the CPU's flags cannot be read."""
@@ -532,6 +577,14 @@ def main(argv=None) -> Path:
     words = None
     if config.textual_inversion.tokens:
         words = LearnedWords(pipe, config.textual_inversion).to(accelerator.device)
+    # A text-encoder LoRA, after the cache too (which holds the frozen encoder's embeddings).
+    text_encoder, text_lora = None, None
+    if config.text_encoder_lora.rank > 0:
+        torch.manual_seed(config.seed + 1)  # its A matrices
+        text_encoder = pipe.text_encoder
+        text_lora = add_text_encoder_lora(text_encoder, config.text_encoder_lora)
+    text_path = [p for p in [*(words.parameters() if words else []),
+                             *(text_encoder.parameters() if text_encoder else [])] if p.requires_grad]  # fmt: skip
 
     # 3. Optimizer, LR schedule, and the state of an interrupted run.
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -539,6 +592,11 @@ def main(argv=None) -> Path:
     if words is not None:
         lr = config.textual_inversion.learning_rate or t.learning_rate
         groups.append({"params": [words.weight], "lr": lr, "weight_decay": 0.0})
+    if text_encoder is not None:
+        text_params = [p for p in text_encoder.parameters() if p.requires_grad]
+        groups.append(
+            {"params": text_params, "lr": config.text_encoder_lora.learning_rate or t.learning_rate}
+        )
     trainable = [p for group in groups for p in group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
     lr_scheduler = get_scheduler(
@@ -550,7 +608,7 @@ def main(argv=None) -> Path:
         for stale in out.glob(f".{LEARNED_EMBEDS_NAME}.*.tmp"):
             stale.unlink()
     accelerator.wait_for_everyone()
-    start, last = resume(out, transformer, optimizer, lr_scheduler, config, global_batch, words)
+    start, last = resume(out, transformer, optimizer, lr_scheduler, config, global_batch, words, text_encoder)
     model, optimizer = accelerator.prepare(transformer, optimizer)  # the LR schedule steps once per step
     if last is not None and accelerator.scaler is not None and (last / "scaler.pt").exists():
         accelerator.scaler.load_state_dict(torch.load(last / "scaler.pt", weights_only=True))
@@ -573,9 +631,14 @@ def main(argv=None) -> Path:
             first = (micro * accelerator.num_processes + accelerator.process_index) * t.batch_size
             positions = list(range(first, first + t.batch_size))
             inputs = sample_inputs(pipe, config, clips, empty, [batch[j] for j in positions], positions, step)
-            if words is not None:
-                inputs["embeds"], inputs["text_mask"] = words.encode(
-                    pipe, inputs["captions"], inputs["embeds"], inputs["text_mask"]
+            if text_path:  # captions encoded again through what trains in the text path
+                inputs["embeds"], inputs["text_mask"] = encode_captions(
+                    pipe,
+                    inputs["captions"],
+                    inputs["embeds"],
+                    inputs["text_mask"],
+                    words,
+                    text_encoder is not None,
                 )
             torch.manual_seed(config.seed * 1_000_003 + step * 4096 + first)  # LoRA dropout
             syncs = micro == t.gradient_accumulation_steps - 1  # gradients are averaged across processes
@@ -583,8 +646,8 @@ def main(argv=None) -> Path:
                 loss = flow_matching_loss(model, pipe, inputs, accelerator.device, frame_rate)
                 accelerator.backward(loss / t.gradient_accumulation_steps)
             loss_sum += loss.detach()
-        if words is not None:
-            average_gradients(accelerator, [words.weight])  # not in the DDP wrapper
+        if text_path:
+            average_gradients(accelerator, text_path)  # not in the DDP wrapper
         accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
@@ -602,7 +665,7 @@ def main(argv=None) -> Path:
         if done % config.checkpoints.every == 0 or done == t.max_steps:
             if accelerator.is_main_process:
                 save_checkpoint(out, done, accelerator.unwrap_model(model), optimizer, lr_scheduler,
-                                accelerator.scaler, config, global_batch, words)  # fmt: skip
+                                accelerator.scaler, config, global_batch, words, text_encoder)  # fmt: skip
             accelerator.wait_for_everyone()
         v = config.validation
         if v.prompts and ((v.every and done % v.every == 0) or done == t.max_steps):
@@ -615,7 +678,7 @@ def main(argv=None) -> Path:
     # 5. The LoRA, in diffusers' format.
     path = out / LORA_WEIGHT_NAME
     if accelerator.is_main_process:
-        path = save_lora(out, accelerator.unwrap_model(model), lora)
+        path = save_lora(out, accelerator.unwrap_model(model), lora, text_encoder, text_lora)
         print(f"wrote {path}")
         if words is not None:
             print(f"wrote {save_learned_words(out, words)} ({', '.join(words.words)})")
