@@ -198,6 +198,11 @@ def main():
         "--word-lr", type=float, default=5e-3, help="with --learn-word: the embedding's learning rate"
     )
     p.add_argument(
+        "--word-vectors", type=int, default=1,
+        help="with --learn-word: input vectors for the word (textual_inversion.num_vectors); as many as "
+        "--learn-word names start at those words",
+    )  # fmt: skip
+    p.add_argument(
         "--text-encoder-rank", type=int, default=0,
         help="text_encoder_lora.rank: LoRA on the text encoder too (0: off), so that a new word's phrase "
         "need not take the other object's motion as the frozen encoder gives it",
@@ -273,7 +278,8 @@ def main():
     extra = []
     if args.learn_word:
         extra = ["--textual_inversion.tokens", f"[{CONCEPT_WORDS[args.concept]}]", "--textual_inversion.initializer",
-                 f"[{args.learn_word}]", "--textual_inversion.learning_rate", str(args.word_lr)]  # fmt: skip
+                 f"[{args.learn_word}]", "--textual_inversion.learning_rate", str(args.word_lr),
+                 "--textual_inversion.num_vectors", str(args.word_vectors)]  # fmt: skip
     if args.target_modules:
         extra += ["--lora.target_modules", f"[{args.target_modules}]"]
     if args.text_encoder_rank:

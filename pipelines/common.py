@@ -61,8 +61,9 @@ class VidGenPipelineOutput(BaseOutput):
     frames: list | np.ndarray | torch.Tensor
 
 
-def _has_adapters(module) -> bool:
-    return bool(getattr(module, "peft_config", None))
+def _adapters(module) -> list[str]:
+    """Names of the peft adapters in ``module`` (none for a module without any, or ``None``)."""
+    return list(getattr(module, "peft_config", None) or {})
 
 
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float):
@@ -317,22 +318,30 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin, TextualInve
         if not all("lora" in key for key in state_dict):
             raise ValueError("Invalid LoRA checkpoint: every parameter name must contain 'lora'")
         prefix = f"{self.text_encoder_name}."
-        common = {"adapter_name": adapter_name, "metadata": metadata, "_pipeline": self,
-                  "low_cpu_mem_usage": low_cpu_mem_usage, "hotswap": hotswap}  # fmt: skip
         text = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if text and self.text_encoder is None:
+            raise ValueError("this LoRA has text-encoder layers, but the pipeline has no text_encoder")
+        if text and hotswap:
+            raise ValueError("hotswap: not supported for a LoRA with text-encoder layers")
+        in_use = {n for m in (self.transformer, self.text_encoder) for n in _adapters(m)}
+        if adapter_name is None:  # one name for both components (diffusers' default_N)
+            adapter_name = next(
+                f"default_{i}" for i in range(len(in_use) + 1) if f"default_{i}" not in in_use
+            )
+        if text and adapter_name in _adapters(self.text_encoder):
+            raise ValueError(f"adapter_name {adapter_name!r} is already in use by the text encoder")
         if len(text) < len(state_dict):
             rest = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
-            self.load_lora_into_transformer(rest, transformer=self.transformer, **common)
+            self.load_lora_into_transformer(rest, transformer=self.transformer, adapter_name=adapter_name,
+                                            metadata=metadata, _pipeline=self, hotswap=hotswap,
+                                            low_cpu_mem_usage=low_cpu_mem_usage)  # fmt: skip
         if text:
-            if self.text_encoder is None:
-                raise ValueError("this LoRA has text-encoder layers, but the pipeline has no text_encoder")
             self._load_text_encoder_lora(text, metadata, adapter_name)
 
     def _load_text_encoder_lora(self, state_dict, metadata, adapter_name) -> None:
         """Inject a LoRA into the text encoder with peft itself. (diffusers' text-encoder loader goes
         through transformers' ``load_adapter``, which newer transformers refuse with the peft releases
         diffusers supports; peft's own injection works with any of them.)"""
-        from diffusers.utils import get_adapter_name
         from diffusers.utils.peft_utils import _create_lora_config
         from peft import inject_adapter_in_model
         from peft.utils import set_peft_model_state_dict
@@ -345,9 +354,6 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin, TextualInve
             } or None
         ranks = {k: v.shape[1] for k, v in state_dict.items() if k.endswith("lora_B.weight")}
         config = _create_lora_config(state_dict, None, metadata, ranks, is_unet=False)
-        adapter_name = adapter_name or get_adapter_name(self.text_encoder)
-        if adapter_name in (getattr(self.text_encoder, "peft_config", None) or {}):
-            raise ValueError(f"adapter_name {adapter_name!r} is already in use by the text encoder")
         inject_adapter_in_model(config, self.text_encoder, adapter_name=adapter_name)
         result = set_peft_model_state_dict(self.text_encoder, state_dict, adapter_name)
         missing = [k for k in result.missing_keys if "lora_" in k and f".{adapter_name}." in k]
@@ -390,12 +396,12 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin, TextualInve
     def fuse_lora(self, components: list[str] | None = None, lora_scale: float = 1.0, **kwargs):
         """diffusers' ``fuse_lora``; by default on every component that holds a LoRA."""
         if components is None:
-            components = [c for c in self._lora_loadable_modules if _has_adapters(getattr(self, c, None))]
+            components = [c for c in self._lora_loadable_modules if _adapters(getattr(self, c, None))]
         super().fuse_lora(components=components, lora_scale=lora_scale, **kwargs)
 
     def unfuse_lora(self, components: list[str] | None = None, **kwargs):
         if components is None:
-            components = [c for c in self._lora_loadable_modules if _has_adapters(getattr(self, c, None))]
+            components = [c for c in self._lora_loadable_modules if _adapters(getattr(self, c, None))]
         super().unfuse_lora(components=components, **kwargs)
 
     # ----------------------------------------------------------------------------------------------

@@ -311,6 +311,38 @@ def test_new_words_are_learned_resumed_and_load_with_load_textual_inversion(setu
     torch.testing.assert_close(via_cli, loaded, rtol=0, atol=0)
 
 
+def test_a_word_of_several_vectors_trains_and_loads_as_a_multi_vector_word(setup, word_data, tmp_path):
+    from vidgen.training.config import TextualInversionConfig
+    from vidgen.training.train_lora import LEARNED_EMBEDS_NAME, LearnedWords
+
+    two = ["--textual_inversion.num_vectors", 2]
+    main(word_args(setup, word_data, tmp_path / "two", *two, "--train.max_steps", 4))
+    learned = load_file(tmp_path / "two" / LEARNED_EMBEDS_NAME)
+    pipe = VidGenPipeline.from_pretrained(setup / "tiny")
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()  # (V, D)
+    assert list(learned) == ["zorp"] and learned["zorp"].shape == (2, table.shape[1])
+    right, down = pipe.tokenizer("right down", add_special_tokens=False).input_ids
+    starts = table[[right, down]]  # vector i starts at initializer word i
+    assert all((learned["zorp"][i] - starts[i]).abs().max() > 1e-4 for i in range(2))  # both moved
+
+    pipe.load_textual_inversion(tmp_path / "two")
+    prompt = ["a red circle zorp moves left"]
+    ids = pipe.tokenize(prompt, 16).input_ids[0]
+    assert pipe.tokenizer.convert_ids_to_tokens(ids[:6].tolist())[3:] == ["zorp", "zorp_1", "moves"]
+    loaded, _ = pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
+    fresh = VidGenPipeline.from_pretrained(setup / "tiny")
+    config = TextualInversionConfig(tokens=["zorp"], initializer=["right down"], num_vectors=2)
+    words = LearnedWords(fresh, config)
+    torch.testing.assert_close(words.weight.detach(), starts, rtol=0, atol=0)
+    with torch.no_grad():
+        words.weight.copy_(learned["zorp"])
+        empty = torch.zeros(1, 16, loaded.shape[-1]), torch.zeros(1, 16, dtype=torch.bool)
+        encoded, _ = words.encode(fresh, prompt, *empty)
+    torch.testing.assert_close(encoded, loaded, rtol=0, atol=1e-6)  # what training encoded
+    with pytest.raises(ValueError, match=r"textual_inversion.num_vectors must be >= 1; got 0"):
+        main(word_args(setup, word_data, tmp_path / "bad", "--textual_inversion.num_vectors", 0))
+
+
 def test_new_words_refuse_known_words_and_unknown_initializers(setup, word_data, tmp_path):
     with pytest.raises(ValueError, match=r"textual_inversion.tokens: 'red' must be one word the tokenizer"):
         main(word_args(setup, word_data, tmp_path / "a", "--textual_inversion.tokens", "[red]"))
@@ -378,6 +410,10 @@ def test_text_encoder_lora_trains_resumes_and_loads_with_load_lora_weights(setup
     pipe.unload_lora_weights()
     unloaded, _ = pipe._text_embeddings(prompt, 16, "cpu", torch.float32)
     torch.testing.assert_close(unloaded, words_only, rtol=0, atol=1e-5)
+    pipe.load_lora_weights(tmp_path / "straight")  # unnamed: one name for both components
+    pipe.load_lora_weights(tmp_path / "straight")
+    names = ["default_0", "default_1"]
+    assert pipe.get_list_adapters() == {"transformer": names, "text_encoder": names}
 
     # The CLI's --lora loads both components and the word.
     cli_pipe = VidGenPipeline.from_pretrained(setup / "tiny")

@@ -43,6 +43,7 @@ class TextualInversionConfig:
     tokens: list = field(default_factory=list)  # words the tokenizer does not know, e.g. [diagonally]
     initializer: list = field(default_factory=list)  # per token: known words to start from ("right down")
     learning_rate: float | None = None  # default: train.learning_rate
+    num_vectors: int = 1  # input vectors per word: word, word_1, .. (diffusers' multi-vector words)
 
 
 @dataclass
@@ -155,6 +156,7 @@ class LoraTrainingConfig:
             (not ti.initializer or len(ti.initializer) == len(ti.tokens),
              "textual_inversion.initializer must be empty or name words for every one of textual_inversion.tokens"),
             (ti.learning_rate is None or ti.learning_rate > 0, "textual_inversion.learning_rate must be > 0"),
+            (ti.num_vectors >= 1, f"textual_inversion.num_vectors must be >= 1; got {ti.num_vectors}"),
             (te.rank >= 0, f"text_encoder_lora.rank must be >= 0 (0: no text-encoder LoRA); got {te.rank}"),
             (te.alpha is None or te.alpha > 0, f"text_encoder_lora.alpha must be > 0; got {te.alpha}"),
             (te.rank == 0 or bool(te.target_modules), "text_encoder_lora.target_modules must name at least one module"),

@@ -156,41 +156,47 @@ def encode_captions(
 # --------------------------------------------------------------------------------------------------
 # 1b. New words (textual inversion).
 class LearnedWords(torch.nn.Module):
-    """Trainable input embeddings ``(K, D)`` of words added to the pipeline's tokenizer.
+    """Trainable input embeddings ``(W * K, D)`` of ``W`` words added to the pipeline's tokenizer, ``K``
+    vectors each (``num_vectors``).
 
     The text encoder stays frozen, its own embedding rows too: while training, the new words' input
     vectors come from ``weight`` (so only they get gradients, through the frozen encoder); ``write_into``
     copies them into the resized embedding table for validation and the result. Each word starts at the
     mean embedding of its ``initializer`` words (``"right down"`` for a diagonal motion), or of the
-    whole vocabulary."""
+    whole vocabulary; with as many vectors as initializer words, vector i starts at word i. A word of
+    several vectors is the tokens ``word word_1 .. word_{K-1}``, as diffusers names them: the
+    pipelines' ``tokenize`` (``maybe_convert_prompt``) writes them for ``word``."""
 
     def __init__(self, pipe, config: TextualInversionConfig):
         super().__init__()
         tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
         table = encoder.get_input_embeddings().weight.detach()  # (V, D)
         vocab = tokenizer.get_vocab()
-        starts = []
+        n = config.num_vectors
+        starts, self.tokens = [], []
         for k, word in enumerate(config.tokens):
-            if len(word.split()) != 1 or word in vocab:
+            names = [word] + [f"{word}_{i}" for i in range(1, n)]
+            if len(word.split()) != 1 or any(t in vocab for t in names):
                 raise ValueError(
                     f"textual_inversion.tokens: {word!r} must be one word the tokenizer does not know yet"
                 )
+            self.tokens += names
             if not config.initializer:
-                starts.append(table.float().mean(0))
+                starts += [table.float().mean(0)] * n
                 continue
             ids = tokenizer(config.initializer[k], add_special_tokens=False).input_ids
             if not ids or tokenizer.unk_token_id in ids:
                 raise ValueError(
                     f"textual_inversion.initializer {config.initializer[k]!r}: every word must be known to the tokenizer"
                 )
-            starts.append(table[ids].float().mean(0))
-        tokenizer.add_tokens(list(config.tokens))
-        self.words = list(config.tokens)
-        self.ids = tokenizer.convert_tokens_to_ids(self.words)
+            starts += [table[i].float() for i in ids] if len(ids) == n else [table[ids].float().mean(0)] * n
+        tokenizer.add_tokens(self.tokens)
+        self.words, self.num_vectors = list(config.tokens), n
+        self.ids = tokenizer.convert_tokens_to_ids(self.tokens)
         if max(self.ids) >= table.shape[0]:  # T5 checkpoints often have spare rows already
             encoder.resize_token_embeddings(max(self.ids) + 1, mean_resizing=False)
         encoder.get_input_embeddings().requires_grad_(False)
-        self.weight = torch.nn.Parameter(torch.stack(starts))  # (K, D)
+        self.weight = torch.nn.Parameter(torch.stack(starts))  # (W * K, D)
         self.write_into(encoder)
 
     def embed(self, ids: torch.Tensor, encoder) -> torch.Tensor:  # (B, T) -> (B, T, D)
@@ -210,7 +216,12 @@ class LearnedWords(torch.nn.Module):
         table[self.ids] = self.weight.to(table.dtype)
 
     def state_dict_for_diffusers(self) -> dict[str, torch.Tensor]:
-        return {w: self.weight[k].detach().float().cpu().contiguous() for k, w in enumerate(self.words)}
+        """``{word: (D,)}``, or ``{word: (K, D)}`` for words of several vectors (diffusers' format)."""
+        rows = self.weight.detach().float().cpu().view(len(self.words), self.num_vectors, -1)
+        return {
+            w: (rows[k, 0] if self.num_vectors == 1 else rows[k]).contiguous()
+            for k, w in enumerate(self.words)
+        }
 
 
 # --------------------------------------------------------------------------------------------------
