@@ -429,6 +429,19 @@ def test_text_encoder_lora_trains_resumes_and_loads_with_load_lora_weights(setup
     assert not (tmp_path / "bad").exists()
 
 
+def test_new_options_at_their_defaults_keep_older_runs_resumable():
+    from vidgen.training.config import load_config
+    from vidgen.training.train_lora import config_digest
+
+    # A run's checkpoints hold this digest; runs written before text_encoder_lora and
+    # textual_inversion.num_vectors existed lack them, and must still resume.
+    base = ["--output_dir", "o", "--data.path", "d"]
+    digest = config_digest(load_config(None, base))
+    assert "text_encoder_lora" not in digest and "num_vectors" not in digest["textual_inversion"]
+    changed = config_digest(load_config(None, [*base, "--text_encoder_lora.rank", "4"]))
+    assert changed["text_encoder_lora"]["rank"] == 4  # set, they count: a change is refused
+
+
 def test_the_example_config_loads_and_documents_every_key():
     import yaml
 

@@ -364,8 +364,11 @@ def config_digest(config: LoraTrainingConfig) -> dict:
         else:
             d.pop(section, None)
     d.pop("output_dir", None)
-    if d["text_encoder_lora"]["rank"] == 0:  # off: digests match those of runs from before the option
+    # Options at their defaults leave the digest as runs from before the options wrote it.
+    if d["text_encoder_lora"]["rank"] == 0:
         d.pop("text_encoder_lora")
+    if d["textual_inversion"]["num_vectors"] == 1:
+        d["textual_inversion"].pop("num_vectors")
     for name in ("batch_size", "gradient_accumulation_steps"):  # compared as the global batch instead
         d["train"].pop(name, None)
     return d
