@@ -597,8 +597,6 @@ def main(argv=None) -> Path:
         torch.manual_seed(config.seed + 1)  # its A matrices
         text_encoder = pipe.text_encoder
         text_lora = add_text_encoder_lora(text_encoder, config.text_encoder_lora)
-    text_path = [p for p in [*(words.parameters() if words else []),
-                             *(text_encoder.parameters() if text_encoder else [])] if p.requires_grad]  # fmt: skip
 
     # 3. Optimizer, LR schedule, and the state of an interrupted run.
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -607,11 +605,10 @@ def main(argv=None) -> Path:
         lr = config.textual_inversion.learning_rate or t.learning_rate
         groups.append({"params": [words.weight], "lr": lr, "weight_decay": 0.0})
     if text_encoder is not None:
-        text_params = [p for p in text_encoder.parameters() if p.requires_grad]
-        groups.append(
-            {"params": text_params, "lr": config.text_encoder_lora.learning_rate or t.learning_rate}
-        )
+        lr = config.text_encoder_lora.learning_rate or t.learning_rate
+        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": lr})
     trainable = [p for group in groups for p in group["params"]]
+    text_path = trainable[len(params) :]  # trained outside the DDP wrapper
     optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, weight_decay=t.weight_decay)
     lr_scheduler = get_scheduler(
         t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.max_steps
@@ -647,13 +644,9 @@ def main(argv=None) -> Path:
             inputs = sample_inputs(pipe, config, clips, empty, [batch[j] for j in positions], positions, step)
             if text_path:  # captions encoded again through what trains in the text path
                 inputs["embeds"], inputs["text_mask"] = encode_captions(
-                    pipe,
-                    inputs["captions"],
-                    inputs["embeds"],
-                    inputs["text_mask"],
-                    words,
-                    text_encoder is not None,
-                )
+                    pipe, inputs["captions"], inputs["embeds"], inputs["text_mask"], words,
+                    empty_too=text_encoder is not None,
+                )  # fmt: skip
             torch.manual_seed(config.seed * 1_000_003 + step * 4096 + first)  # LoRA dropout
             syncs = micro == t.gradient_accumulation_steps - 1  # gradients are averaged across processes
             with contextlib.nullcontext() if syncs else accelerator.no_sync(model):
