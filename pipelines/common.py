@@ -393,15 +393,16 @@ class VidGenPipelineBase(DiffusionPipeline, LTXVideoLoraLoaderMixin, TextualInve
             safe_serialization=safe_serialization,
         )  # fmt: skip
 
+    def _components_with_lora(self) -> list[str]:
+        return [c for c in self._lora_loadable_modules if _adapters(getattr(self, c, None))]
+
     def fuse_lora(self, components: list[str] | None = None, lora_scale: float = 1.0, **kwargs):
         """diffusers' ``fuse_lora``; by default on every component that holds a LoRA."""
-        if components is None:
-            components = [c for c in self._lora_loadable_modules if _adapters(getattr(self, c, None))]
+        components = self._components_with_lora() if components is None else components
         super().fuse_lora(components=components, lora_scale=lora_scale, **kwargs)
 
     def unfuse_lora(self, components: list[str] | None = None, **kwargs):
-        if components is None:
-            components = [c for c in self._lora_loadable_modules if _adapters(getattr(self, c, None))]
+        components = self._components_with_lora() if components is None else components
         super().unfuse_lora(components=components, **kwargs)
 
     # ----------------------------------------------------------------------------------------------
