@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import itertools
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +83,12 @@ def with_companion(obj, rng, motion: str | None = None):
 
 
 def training_clips(
-    concept: str, n: int, ordinary: int = 0, companions: float = 0.5, cycle_motions: bool = False
+    concept: str, n: int, ordinary: int = 0, companions: float = 0.5, cycle_motions: Sequence[str] = ()
 ) -> list[shapes.Clip]:
     """``n`` clips: ``ordinary`` of them plain Shapes clips (to keep what the model knows), the rest
     with the concept, a share ``companions`` of those beside a second, ordinary object. With
-    ``cycle_motions`` the second objects' motions take the world's five in turn, so the concept is shown
-    beside each known direction word (else they are drawn at random)."""
+    ``cycle_motions`` (e.g. the world's five motions) the second objects' motions take those in turn, so
+    the concept is shown beside each of those direction words (else they are drawn at random)."""
     trained, _ = concept_objects(concept)
     rng = np.random.default_rng(7)
     order = rng.permutation(len(trained))
@@ -96,7 +97,7 @@ def training_clips(
         obj = trained[order[i % len(trained)]]
         paired = int(i * companions)  # concept clips so far with a second object
         if int((i + 1) * companions) > paired:  # spread evenly: 0.5 is every other clip
-            motion = shapes.MOTIONS[paired % len(shapes.MOTIONS)] if cycle_motions else None
+            motion = cycle_motions[paired % len(cycle_motions)] if cycle_motions else None
             objects = with_companion(obj, rng, motion)
         else:
             objects = (obj,)
@@ -174,9 +175,9 @@ def main():
         help="the share of the concept's clips that show a second, ordinary object beside it",
     )  # fmt: skip
     p.add_argument(
-        "--cycle-motions", action="store_true",
-        help="the second objects' motions take the world's five in turn (default: drawn at random), so the "
-        "concept word is trained beside every known direction word",
+        "--cycle-motions", nargs="?", const=",".join(shapes.MOTIONS), default="", metavar="MOTIONS",
+        help="the second objects' motions take these (comma-separated; alone: the world's five) in turn "
+        "(default: drawn at random), so the concept word is trained beside each direction word",
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=600, help="LoRA training steps")
     p.add_argument("--batch", type=int, default=8)
@@ -222,6 +223,11 @@ def main():
         "0 leaves the unconditional branch that guidance pushes away from as the base model had it",
     )  # fmt: skip
     p.add_argument(
+        "--binding-weight", type=float, default=0.0,
+        help="train.binding_weight: each object's tokens drawn to its own phrase in the cross-attention "
+        "(clips beside a second object; 0: off)",
+    )  # fmt: skip
+    p.add_argument(
         "--mixed-precision",
         choices=("no", "bf16"),
         default="no",
@@ -254,13 +260,16 @@ def main():
         help="do not evaluate the model without the LoRA (a screen of a new setting whose base row is known)",
     )  # fmt: skip
     args = p.parse_args()
+    cycle_motions = tuple(m for m in args.cycle_motions.split(",") if m)
+    if unknown := set(cycle_motions) - set(shapes.MOTIONS):
+        p.error(f"--cycle-motions takes the world's motions {', '.join(shapes.MOTIONS)}; got {sorted(unknown)}")
     if not 0 <= args.companions <= 1:
         p.error(f"--companions is a share of the concept's clips, from 0 to 1; got {args.companions:g}")
     out = Path(args.out)
 
     # 1. Data.
     data = out / "data"
-    clips = training_clips(args.concept, args.clips, args.ordinary, args.companions, args.cycle_motions)
+    clips = training_clips(args.concept, args.clips, args.ordinary, args.companions, cycle_motions)
     if not data.exists():
         data.mkdir(parents=True)
         for i, clip in enumerate(clips):
@@ -290,6 +299,8 @@ def main():
         extra += ["--train.timestep_sampling", "logit_normal", "--train.logit_mean", str(args.logit_mean)]
     if args.caption_dropout is not None:
         extra += ["--train.caption_dropout", str(args.caption_dropout)]
+    if args.binding_weight:
+        extra += ["--train.binding_weight", str(args.binding_weight)]
     extra += [
         "--train.motion_weight",
         str(args.motion_weight),
@@ -350,6 +361,7 @@ def main():
         + (f"; mixed precision {args.mixed_precision}" if args.mixed_precision != "no" else "")
         + (f"; noise levels logit-normal, mean {args.logit_mean:g}" if args.logit_mean is not None else "")
         + (f"; caption dropout {args.caption_dropout:g}" if args.caption_dropout is not None else "")
+        + (f"; binding loss weight {args.binding_weight:g}" if args.binding_weight else "")
     )
     print(
         f"held-out prompts naming it: {len(prompts)}; held-out prompts without it: {len(standard)}; "

@@ -438,6 +438,7 @@ def test_new_options_at_their_defaults_keep_older_runs_resumable():
     base = ["--output_dir", "o", "--data.path", "d"]
     digest = config_digest(load_config(None, base))
     assert "text_encoder_lora" not in digest and "num_vectors" not in digest["textual_inversion"]
+    assert "binding_weight" not in digest["train"]
     changed = config_digest(load_config(None, [*base, "--text_encoder_lora.rank", "4"]))
     assert changed["text_encoder_lora"]["rank"] == 4  # set, they count: a change is refused
 
@@ -533,3 +534,55 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path):
     assert not warn_slow_cpu_bf16("bf16", cpu, cpuinfo=amx)
     assert not warn_slow_cpu_bf16("no", cpu, cpuinfo=avx2)
     assert not warn_slow_cpu_bf16("bf16", cpu, cpuinfo=tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def pair_data(setup):
+    """Tiny clips of two objects, one moving "diagonally" (a word the tokenizer does not know)."""
+    from vidgen.data import shapes
+    from vidgen.video_io import export_to_video
+
+    data = setup / "pairs"
+    data.mkdir()
+    for i, caption in enumerate(["a red circle moves diagonally and a blue square moves down",
+                                 "a green triangle moves diagonally and a white circle moves left",
+                                 "a yellow square moves diagonally"]):  # fmt: skip
+        clip = shapes.render_clip(shapes.parse_caption(caption), i, height=32, width=32, num_frames=9)
+        export_to_video(clip.frames, data / f"pair{i}.mp4", fps=8)
+        (data / f"pair{i}.txt").write_text(caption)
+    return data
+
+
+def test_owners_by_color_finds_each_object_of_a_two_object_caption():
+    from vidgen.data import shapes
+    from vidgen.training.grounding import owners_by_color
+
+    caption = "a red circle moves diagonally and a blue square moves down"
+    clip = shapes.render_clip(shapes.parse_caption(caption), 5)
+    masks = shapes.render_masks(clip.objects, clip.centers, clip.radii, 64, 64).transpose(1, 0, 2, 3)
+    one, two = shapes.object_tokens(masks, 4, 8)  # (F, H, W) each, from the renderer's own masks
+    rendered = torch.where(one & ~two, 0, torch.where(two & ~one, 1, -1)).flatten()
+    owners = owners_by_color(clip.frames, caption, 4, 8)  # (F * H * W,) from the pixels
+    assert owners.shape == (5 * 8 * 8,) and (owners == 0).any() and (owners == 1).any()
+    assert torch.equal(owners.long(), rendered)
+    # Nothing to bind: one object, two of one color, a caption outside the grammar.
+    for other in ("a red circle moves diagonally", "a red circle moves right and a red square moves up", "hello"):
+        assert (owners_by_color(clip.frames, other, 4, 8) == -1).all()
+
+
+def test_binding_loss_trains_logs_and_falls(setup, pair_data, tmp_path):
+    out = tmp_path / "b"
+    main(args(setup, out, "--data.path", pair_data, "--textual_inversion.tokens", "[diagonally]",
+              "--textual_inversion.initializer", "[right down]", "--train.binding_weight", 50,
+              "--train.learning_rate", 3e-2, "--train.lr_scheduler", "constant", "--train.caption_dropout", 0,
+              "--train.first_frame_p", 0, "--train.vdt_mask_p", 0, "--train.max_steps", 40))  # fmt: skip
+    rows = (out / "logs" / "train_log.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,lr,binding,seconds"
+    binding = [float(r.split(",")[3]) for r in rows[1:]]
+    assert len(binding) == 40 and all(b > 0 for b in binding)  # every batch holds a two-object clip
+    # It starts at ln 2 (the tiny model's tokens read both phrases alike) and falls as they move to their
+    # own phrase: a loss cut off from the adapters' gradients would stay within +-0.004 of it.
+    assert abs(np.mean(binding[:3]) - np.log(2)) < 0.003
+    assert np.mean(binding[-10:]) < np.log(2) - 0.01
+    with pytest.raises(ValueError, match=r"train.binding_weight must be >= 0 \(0: off\); got -1.0"):
+        main(args(setup, tmp_path / "c", "--train.binding_weight", -1))

@@ -33,6 +33,7 @@ class CachedClip:
     path: Path  # the cache entry
     bucket: Bucket
     caption: str = ""  # for text encoded during training (learned words)
+    source: MediaItem | None = None  # the file it was encoded from (read again by the binding loss)
 
     def load(self) -> dict[str, torch.Tensor]:
         return load_file(self.path)
@@ -156,7 +157,7 @@ def collect_cache(
         with safe_open(entry, "pt") as f:
             meta = f.metadata()
         f_, h, w = (int(v) for v in meta["bucket"].split("x"))
-        clips.append(CachedClip(entry, Bucket(f_, h, w), item.caption))
+        clips.append(CachedClip(entry, Bucket(f_, h, w), item.caption, item))
     return clips
 
 

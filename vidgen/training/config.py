@@ -81,6 +81,10 @@ class TrainConfig:
     logit_std: float = 1.0
     mode_scale: float = 1.29
     motion_weight: float = 0.0  # extra loss weight on tokens whose clean latent changes between frames
+    # Captions of two objects in the Shapes grammar ("a red circle moves diagonally and a blue square
+    # moves down"): weight of a loss that draws each object's latent tokens (found by its color in the
+    # clip) to its own phrase in the DiT's text cross-attention, not the other's (0: off).
+    binding_weight: float = 0.0
 
 
 @dataclass
@@ -148,6 +152,7 @@ class LoraTrainingConfig:
              f"train.timestep_sampling must be one of {', '.join(TIMESTEP_SAMPLING)}; got {t.timestep_sampling!r}"),
             (t.logit_std > 0, f"train.logit_std must be > 0; got {t.logit_std}"),
             (t.motion_weight >= 0, f"train.motion_weight must be >= 0; got {t.motion_weight}"),
+            (t.binding_weight >= 0, f"train.binding_weight must be >= 0 (0: off); got {t.binding_weight}"),
             (self.checkpoints.every >= 1, "checkpoints.every must be >= 1"),
             (self.checkpoints.keep_last >= 1, "checkpoints.keep_last must be >= 1"),
             (self.checkpoints.resume in ("latest", "none"), "checkpoints.resume must be latest or none"),

@@ -1,12 +1,14 @@
 """Grounding losses for Shapes captions: which object each caption word and each latent token belongs
 to, a phrase loss on the text encoder and a binding loss on the DiT's text cross-attention.
 
-Used by ``scripts/train_default.py`` (``--text-grounding``, ``--attention-grounding``) and by
-``scripts/distill_turbo2k.py`` (``--attention-grounding``).
+Used by ``scripts/train_default.py`` (``--text-grounding``, ``--attention-grounding``), by
+``scripts/distill_turbo2k.py`` (``--attention-grounding``) and by ``vidgen train-lora``
+(``train.binding_weight``).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +52,9 @@ def caption_phrases(tokens: torch.Tensor, tokenizer=None) -> tuple[torch.Tensor,
                 k += 1
                 continue
             o = objects[k]
-            labels[r, j] = torch.tensor(
-                [GROUNDING[a].index(v) for a, v in zip(GROUNDING, (o.color, o.shape, o.motion))]
-            )
+            labels[r, j] = torch.tensor(  # -100 for values the world does not sample ("diagonally")
+                [GROUNDING[a].index(v) if v in GROUNDING[a] else -100 for a, v in zip(GROUNDING, (o.color, o.shape, o.motion))]
+            )  # fmt: skip
             which[r, j] = k
     return labels[inverse], which[inverse]
 
@@ -97,6 +99,29 @@ def token_owners(objects: torch.Tensor, temporal: int, spatial: int) -> torch.Te
         )
     one, two = per[:, 0] & ~per[:, 1], per[:, 1] & ~per[:, 0]
     return torch.where(one, 0, torch.where(two, 1, -1)).flatten(1).to(torch.int8)
+
+
+def owners_by_color(frames: np.ndarray, caption: str, temporal: int, spatial: int) -> torch.Tensor:
+    """``token_owners`` of one clip read from its pixels rather than rendered: ``(F*H*W,)`` int8 on the
+    latent grid of ``(F, H, W, 3)`` uint8 ``frames``. For a caption of two objects of different colors
+    in the Shapes grammar, a pixel belongs to the object whose color is its nearest palette color
+    (black, the background, included); a token to the object whose pixels it holds, -1 where it holds
+    both or neither. Any other caption gives -1 everywhere (nothing to bind)."""
+    F, H, W = (frames.shape[0] - 1) // temporal + 1, frames.shape[1] // spatial, frames.shape[2] // spatial
+    nobody = torch.full((F * H * W,), -1, dtype=torch.int8)
+    try:
+        objects = shapes.parse_caption(caption)
+    except ValueError:
+        return nobody
+    if len(objects) != 2 or objects[0].color == objects[1].color:
+        return nobody
+    colors = shapes.COLORS | shapes.NEW_COLORS
+    palette = np.array([(0, 0, 0), *colors.values()], float)
+    nearest = ((frames[..., None, :].astype(float) - palette) ** 2).sum(-1).argmin(-1)  # (F, H, W)
+    names = [None, *colors]
+    masks = np.stack([nearest == names.index(o.color) for o in objects])  # (2, F, H, W)
+    one, two = shapes.object_tokens(masks, temporal, spatial)  # (F', H', W') each
+    return torch.where(one & ~two, 0, torch.where(two & ~one, 1, -1)).flatten().to(torch.int8)
 
 
 def binding_targets(words: torch.Tensor, owners: torch.Tensor, dropped: torch.Tensor):

@@ -52,12 +52,13 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..data.video_dataset import discover_media, parse_buckets
+from ..data.video_dataset import discover_media, load_clip, parse_buckets
 from ..masks import sample_training_mask
 from ..pipelines.common import LEARNED_EMBEDS_NAME
 from .cache import build_cache, collect_cache, empty_prompt_entry, warn_skipped, write_atomic
 from .config import LoraTrainingConfig, TextEncoderLoraConfig, TextualInversionConfig, load_config
 from .distributed import average_gradients
+from .grounding import CrossAttentionProbe, binding_loss, binding_targets, caption_phrases, owners_by_color
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # Keys that may change between a run and its resumption; any other change is refused.
@@ -353,6 +354,46 @@ def flow_matching_loss(model, pipe, batch, device, frame_rate: float) -> torch.T
     return ((per_token * m).sum(1) / m.sum(1).clamp(min=1e-8)).mean()  # mean over samples: DDP-exact
 
 
+class BindingLoss:
+    """``train.binding_weight``: ``vidgen.training.grounding.binding_loss`` on the text cross-attention
+    of every DiT block, for captions of two objects in the Shapes grammar.
+
+    A new word learned from few clips beside a second object takes on that object's motion ("moves
+    diagonally" beside "moves down" comes out moving down): the concept object's tokens read the other
+    phrase. The loss draws each object's latent tokens to its own phrase. Which object a token shows is
+    read from the clip's pixels by color (``owners_by_color``), which words are whose from the caption;
+    both are computed on a clip's first use. Other captions, and dropped ones, add nothing."""
+
+    def __init__(self, pipe, transformer, clips, fps: float, text_length: int):
+        p_t, p = pipe.patch_size
+        if p_t != 1:
+            raise ValueError(f"train.binding_weight needs a transformer with temporal patch size 1; got {p_t}")
+        self.pipe, self.clips, self.fps, self.text_length = pipe, clips, fps, text_length
+        self.stride = (pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio * p)
+        self.probe = CrossAttentionProbe(transformer, list(range(len(transformer.transformer_blocks))))
+        self.known: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def targets(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip ``index``'s word objects ``(T,)`` and token owners ``(N,)`` (-1: no object, or both)."""
+        if index not in self.known:
+            clip = self.clips[index]
+            ids = self.pipe.tokenize([clip.caption], self.text_length).input_ids  # (1, T)
+            words = caption_phrases(ids, self.pipe.tokenizer)[1][0]  # (T,)
+            b, (t, s) = clip.bucket, self.stride
+            owners = torch.full((((b.frames - 1) // t + 1) * (b.height // s) * (b.width // s),), -1, dtype=torch.int8)
+            if (words == 1).any() and clip.source is not None:  # two phrases: find the objects
+                owners = owners_by_color(load_clip(clip.source, [clip.bucket], self.fps)[0], clip.caption, t, s)
+            self.known[index] = words, owners
+        return self.known[index]
+
+    def __call__(self, inputs, indices: list[int], device) -> torch.Tensor:
+        words, owners = (torch.stack(x) for x in zip(*(self.targets(i) for i in indices)))  # (B, T), (B, N)
+        dropped = torch.tensor([c is None for c in inputs["captions"]])
+        words, owners = binding_targets(words, owners, dropped)
+        clean = 1 - inputs["timestep"] / 1000  # (B, N): the noisier a token, the less it can know its object
+        return binding_loss(self.probe.maps(), words.to(device), owners.to(device), clean.to(device))
+
+
 # --------------------------------------------------------------------------------------------------
 # 4. Checkpoints: atomic, the last N kept, everything needed to continue exactly.
 def config_digest(config: LoraTrainingConfig) -> dict:
@@ -369,6 +410,8 @@ def config_digest(config: LoraTrainingConfig) -> dict:
         d.pop("text_encoder_lora")
     if d["textual_inversion"]["num_vectors"] == 1:
         d["textual_inversion"].pop("num_vectors")
+    if d["train"]["binding_weight"] == 0:
+        d["train"].pop("binding_weight")
     for name in ("batch_size", "gradient_accumulation_steps"):  # compared as the global batch instead
         d["train"].pop(name, None)
     return d
@@ -524,7 +567,7 @@ class CSVLog:
             rows = list(csv.DictReader(path.open()))
             kept = [r for r in rows if int(r["step"]) <= resumed_step]
             with path.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "seconds"])
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step", "loss", "lr", "seconds"])
                 writer.writeheader()
                 writer.writerows(kept)
 
@@ -598,6 +641,10 @@ def main(argv=None) -> Path:
         text_encoder = pipe.text_encoder
         text_lora = add_text_encoder_lora(text_encoder, config.text_encoder_lora)
 
+    binding = None  # after the new words, which its caption parsing needs to know
+    if t.binding_weight > 0:
+        binding = BindingLoss(pipe, transformer, clips, config.data.fps, empty["prompt_embeds"].shape[0])
+
     # 3. Optimizer, LR schedule, and the state of an interrupted run.
     params = [p for p in transformer.parameters() if p.requires_grad]
     groups = [{"params": params}]
@@ -637,11 +684,12 @@ def main(argv=None) -> Path:
     tic = time.time()
     for step in bar:
         batch = global_batch_at(clips, step, global_batch, config.seed)
-        loss_sum = 0.0
+        loss_sum, bind_sum = 0.0, 0.0
         for micro in range(t.gradient_accumulation_steps):
             first = (micro * accelerator.num_processes + accelerator.process_index) * t.batch_size
             positions = list(range(first, first + t.batch_size))
-            inputs = sample_inputs(pipe, config, clips, empty, [batch[j] for j in positions], positions, step)
+            indices = [batch[j] for j in positions]
+            inputs = sample_inputs(pipe, config, clips, empty, indices, positions, step)
             if text_path:  # captions encoded again through what trains in the text path
                 inputs["embeds"], inputs["text_mask"] = encode_captions(
                     pipe, inputs["captions"], inputs["embeds"], inputs["text_mask"], words,
@@ -650,9 +698,13 @@ def main(argv=None) -> Path:
             torch.manual_seed(config.seed * 1_000_003 + step * 4096 + first)  # LoRA dropout
             syncs = micro == t.gradient_accumulation_steps - 1  # gradients are averaged across processes
             with contextlib.nullcontext() if syncs else accelerator.no_sync(model):
-                loss = flow_matching_loss(model, pipe, inputs, accelerator.device, frame_rate)
+                loss = flow = flow_matching_loss(model, pipe, inputs, accelerator.device, frame_rate)
+                if binding is not None:
+                    bind = binding(inputs, indices, accelerator.device)
+                    loss = flow + t.binding_weight * bind
+                    bind_sum += bind.detach()
                 accelerator.backward(loss / t.gradient_accumulation_steps)
-            loss_sum += loss.detach()
+            loss_sum += flow.detach()  # logged apart from the binding loss
         if text_path:
             average_gradients(accelerator, text_path)  # not in the DDP wrapper
         accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
@@ -664,11 +716,14 @@ def main(argv=None) -> Path:
         if done % config.logging.every == 0 or done == t.max_steps:
             loss_value = accelerator.reduce(loss_sum / t.gradient_accumulation_steps, "mean").item()
             lr = lr_scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{loss_value:.4f}")
+            row = {"loss": loss_value, "lr": lr}
+            if binding is not None:
+                row["binding"] = accelerator.reduce(bind_sum / t.gradient_accumulation_steps, "mean").item()
+            bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k != "lr"})
             if log:
-                log.write({"step": done, "loss": f"{loss_value:.6f}", "lr": f"{lr:.3e}",
+                log.write({"step": done, **{k: f"{v:.6f}" if k != "lr" else f"{v:.3e}" for k, v in row.items()},
                            "seconds": f"{time.time() - tic:.1f}"})  # fmt: skip
-            accelerator.log({"loss": loss_value, "lr": lr}, step=done)
+            accelerator.log(row, step=done)
         if done % config.checkpoints.every == 0 or done == t.max_steps:
             if accelerator.is_main_process:
                 save_checkpoint(out, done, accelerator.unwrap_model(model), optimizer, lr_scheduler,
