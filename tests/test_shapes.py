@@ -82,11 +82,13 @@ def test_lora_benchmark_companions_share_and_cycled_motions(load_script):
     bench = load_script("bench_lora_concept", folder="benchmarks")
     default = [c.caption for c in bench.training_clips("diagonal", 50, 25)[25:]]
     assert sum(" and " in c for c in default) == 12  # every other concept clip has a second object
-    clips = bench.training_clips("diagonal", 50, 25, companions=0.68, cycle_motions=True)[25:]
+    clips = bench.training_clips("diagonal", 50, 25, companions=0.68, cycle_motions=shapes.MOTIONS)[25:]
     pairs = [c.objects for c in clips if len(c.objects) == 2]
     assert len(pairs) == 17 and all(a.motion == "diagonally" and b.color != a.color for a, b in pairs)
     # the second objects' motions take the world's five in turn
     assert [b.motion for _, b in pairs[:10]] == [*shapes.MOTIONS, *shapes.MOTIONS]
+    chosen = bench.training_clips("diagonal", 50, 25, companions=0.68, cycle_motions=("down", "left"))[25:]
+    assert [c.objects[1].motion for c in chosen if len(c.objects) == 2][:4] == ["down", "left", "down", "left"]
     every = bench.training_clips("diagonal", 30, 0, companions=1.0)
     assert len(every) == 30 and all(len(c.objects) == 2 for c in every)
 

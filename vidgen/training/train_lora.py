@@ -52,7 +52,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..data.video_dataset import discover_media, load_clip, parse_buckets
+from ..data.video_dataset import SkipMedia, discover_media, load_clip, parse_buckets
 from ..masks import sample_training_mask
 from ..pipelines.common import LEARNED_EMBEDS_NAME
 from .cache import build_cache, collect_cache, empty_prompt_entry, warn_skipped, write_atomic
@@ -382,7 +382,11 @@ class BindingLoss:
             b, (t, s) = clip.bucket, self.stride
             owners = torch.full((((b.frames - 1) // t + 1) * (b.height // s) * (b.width // s),), -1, dtype=torch.int8)
             if (words == 1).any() and clip.source is not None:  # two phrases: find the objects
-                owners = owners_by_color(load_clip(clip.source, [clip.bucket], self.fps)[0], clip.caption, t, s)
+                try:
+                    frames = load_clip(clip.source, [clip.bucket], self.fps)[0]  # (F, H, W, 3)
+                    owners = owners_by_color(frames, clip.caption, t, s)
+                except SkipMedia as e:  # the file changed or went away after caching: nothing to bind
+                    warnings.warn(f"train.binding_weight: {e}; the clip trains without the binding loss", stacklevel=2)
             self.known[index] = words, owners
         return self.known[index]
 
