@@ -38,6 +38,13 @@ class Detection:
     side: float = 0.0  # the bounding box's longer side, pixels
 
 
+def nearest_color(pixels: np.ndarray, colors: dict) -> tuple[np.ndarray, list[str | None]]:
+    """``(..., 3)`` uint8 pixels -> the index of each one's nearest color among black and ``colors``
+    (``(...)``; 0 is black), and the names those indices stand for (``None`` for black)."""
+    palette = np.array([(0, 0, 0), *colors.values()], float)
+    return ((pixels[..., None, :].astype(float) - palette) ** 2).sum(-1).argmin(-1), [None, *colors]
+
+
 def detect(frame: np.ndarray, colors: dict | None = None) -> list[Detection]:
     """Objects in one ``(H, W, 3)`` uint8 frame: connected non-black regions, each colored by the
     majority palette color of its pixels (one object per color: the largest region wins).
@@ -47,9 +54,7 @@ def detect(frame: np.ndarray, colors: dict | None = None) -> list[Detection]:
     H, W, _ = frame.shape
     scale = min(H, W) / shapes.NATIVE_SIZE
     colors = shapes.COLORS if colors is None else colors
-    names = [None, *colors]
-    palette = np.array([(0, 0, 0), *colors.values()], float)
-    nearest = ((frame[..., None, :].astype(float) - palette) ** 2).sum(-1).argmin(-1)  # (H, W), 0 = black
+    nearest, names = nearest_color(frame, colors)  # (H, W), 0 = black
     regions, n = ndimage.label(nearest > 0, structure=np.ones((3, 3)))
     if n == 0:
         return []

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data import shapes
 from ..data.text import word_tokenizer
+from ..eval import nearest_color
 from ..models.transformer import VidGenTransformer3DModel
 
 # What each word of a caption is grounded to: the object whose phrase it is in.
@@ -97,8 +98,12 @@ def token_owners(objects: torch.Tensor, temporal: int, spatial: int) -> torch.Te
         raise ValueError(
             f"the latent cache does not hold the clips shapes.sample_clip(0 .. {len(objects) - 1})"
         )
-    one, two = per[:, 0] & ~per[:, 1], per[:, 1] & ~per[:, 0]
-    return torch.where(one, 0, torch.where(two, 1, -1)).flatten(1).to(torch.int8)
+    return owner_of(per[:, 0], per[:, 1]).flatten(1)
+
+
+def owner_of(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """int8 0 where only ``first`` (bool) holds, 1 where only ``second`` does, -1 where both or neither."""
+    return torch.where(first & ~second, 0, torch.where(second & ~first, 1, -1)).to(torch.int8)
 
 
 def owners_by_color(frames: np.ndarray, caption: str, temporal: int, spatial: int) -> torch.Tensor:
@@ -115,13 +120,9 @@ def owners_by_color(frames: np.ndarray, caption: str, temporal: int, spatial: in
         return nobody
     if len(objects) != 2 or objects[0].color == objects[1].color:
         return nobody
-    colors = shapes.COLORS | shapes.NEW_COLORS
-    palette = np.array([(0, 0, 0), *colors.values()], float)
-    nearest = ((frames[..., None, :].astype(float) - palette) ** 2).sum(-1).argmin(-1)  # (F, H, W)
-    names = [None, *colors]
+    nearest, names = nearest_color(frames, shapes.COLORS | shapes.NEW_COLORS)  # (F, H, W)
     masks = np.stack([nearest == names.index(o.color) for o in objects])  # (2, F, H, W)
-    one, two = shapes.object_tokens(masks, temporal, spatial)  # (F', H', W') each
-    return torch.where(one & ~two, 0, torch.where(two & ~one, 1, -1)).flatten().to(torch.int8)
+    return owner_of(*shapes.object_tokens(masks, temporal, spatial)).flatten()  # (F' * H' * W',)
 
 
 def binding_targets(words: torch.Tensor, owners: torch.Tensor, dropped: torch.Tensor):
