@@ -57,7 +57,7 @@ def main(argv=None):
         return x, text, uncond
 
     tic = time.time()
-    for step in range(d.start, args.steps):
+    for step in range(d.start, args.critic_warmup + args.steps):
         # The exit level is shared by all chunks and all processes (seeded by the step only).
         exits = torch.randint(
             0, len(d.sigmas), (args.critic_ratio + 1,), generator=torch.Generator().manual_seed(step)
@@ -65,10 +65,13 @@ def main(argv=None):
         g = torch.Generator().manual_seed(args.seed * 7_000_003 + step * 1009 + accelerator.process_index)
 
         # 1-2. Generator: own rollout with one gradient step per chunk, DMD against teacher and critic.
-        x, text, uncond = generate(g, grad=True, exit_step=int(exits[0]))
-        loss_g, stats = dmd_loss(x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g)
-        d.update("student", loss_g)
-        d.update_ema(step)
+        stats = dict(d.NO_DMD)
+        if not d.warming_up(step):
+            x, text, uncond = generate(g, grad=True, exit_step=int(exits[0]))
+            loss_g, stats = dmd_loss(x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g)
+            stats["dmd"] = loss_g.item()
+            d.update("student", loss_g)
+            d.update_ema(step)
 
         # 3. Critic: flow matching on fresh gradient-free rollouts.
         for r in range(args.critic_ratio):
@@ -79,7 +82,7 @@ def main(argv=None):
 
         row = {
             "step": step,
-            "dmd": loss_g.item(),
+            "dmd": stats.pop("dmd"),
             "critic": loss_c.item(),
             **stats,
             "seconds": time.time() - tic,

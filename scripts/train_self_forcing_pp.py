@@ -69,7 +69,7 @@ def main(argv=None):
         )
 
     tic = time.time()
-    for step in range(d.start, args.steps):
+    for step in range(d.start, args.critic_warmup + args.steps):
         shared = torch.Generator().manual_seed(step)  # same on every process: lengths, windows and levels
         L = int(torch.randint(F + chunk, args.rollout_frames + 1, (1,), generator=shared))
         bounds = set(student.chunk_starts(L + 1))  # chunk starts, and L + 1
@@ -100,15 +100,20 @@ def main(argv=None):
         video = torch.cat([head, tail], dim=2)  # (B, C, L, H, W): the student's own long video
 
         # 2-3. Regenerate the window from backward-noised own frames, one gradient step per chunk; DMD.
-        own = video[:, :, s : s - 1 + F]
-        regenerated, _ = rollout(
-            d.student, torch.randn(own.shape, generator=g).to(own), text, d.sigmas, [exit_step] * F, g,
-            cache=at_window, frame_offset=s, init=own,
-        )  # fmt: skip
-        x = torch.cat([video[:, :, s - 1 : s], regenerated], dim=2)  # (B, C, F, H, W), first frame given
-        loss_g, stats = dmd_loss(x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g, 1)
-        d.update("student", loss_g)
-        d.update_ema(step)
+        stats = dict(d.NO_DMD)
+        if not d.warming_up(step):
+            own = video[:, :, s : s - 1 + F]
+            regenerated, _ = rollout(
+                d.student, torch.randn(own.shape, generator=g).to(own), text, d.sigmas, [exit_step] * F, g,
+                cache=at_window, frame_offset=s, init=own,
+            )  # fmt: skip
+            x = torch.cat([video[:, :, s - 1 : s], regenerated], dim=2)  # (B, C, F, H, W), first frame given
+            loss_g, stats = dmd_loss(
+                x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g, 1
+            )
+            stats["dmd"] = loss_g.item()
+            d.update("student", loss_g)
+            d.update_ema(step)
 
         # 4. Critic: flow matching on other windows of the same rollout.
         for pick in picks[1:]:
@@ -120,7 +125,7 @@ def main(argv=None):
             "step": step,
             "frames": L,
             "window": s - 1,
-            "dmd": loss_g.item(),
+            "dmd": stats.pop("dmd"),
             "critic": loss_c.item(),
             **stats,
         }

@@ -157,6 +157,35 @@ def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(
     assert video.shape == (1, 29, 32, 32, 3) and np.isfinite(video).all()
 
 
+@pytest.mark.parametrize("recipe", ["train_self_forcing", "train_self_forcing_pp"])
+def test_critic_warmup_moves_only_the_critic_before_the_student_starts(
+    load_script, teacher_pipe, tmp_path, monkeypatch, recipe
+):
+    from safetensors.torch import load_file
+
+    teacher_dir, student_dir, run = tmp_path / "teacher", tmp_path / "student", tmp_path / "run"
+    teacher_pipe.save_pretrained(teacher_dir)
+    causal_student(teacher_pipe.transformer, 2, True).save_pretrained(student_dir)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    extra = ["--rollout-frames", "6"] if recipe == "train_self_forcing_pp" else []
+    load_script(recipe).main(["--out", str(run), "--student", str(student_dir), "--teacher", str(teacher_dir),
+                              "--batch", "2", "--critic-ratio", "1", "--critic-warmup", "2", "--steps", "1",
+                              "--checkpoint-every", "1", *extra])  # fmt: skip
+
+    start = VidGenTransformer3DModel.from_pretrained(student_dir).state_dict()
+    critic0 = teacher_pipe.transformer.state_dict()
+
+    def moved(step: int, prefix: str, reference: dict) -> bool:
+        tensors = load_file(run / "checkpoints" / f"step_{step:06d}" / "weights.safetensors")
+        return any(not torch.equal(tensors[f"{prefix}.{k}"], v) for k, v in reference.items())
+
+    assert not moved(2, "student", start) and moved(2, "critic", critic0)  # warm-up: the critic only
+    assert moved(3, "student", start)  # then the student's one update
+    rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()]
+    dmd = rows[0].index("dmd")
+    assert [r[dmd] == "nan" for r in rows[1:]] == [True, True, False]
+
+
 def test_streaming_decoder_recipe_keeps_the_encoder_and_shrinks_the_decoder(
     load_script, tmp_path, monkeypatch
 ):

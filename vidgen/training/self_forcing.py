@@ -267,6 +267,10 @@ class Distillation:
             default=DEFAULT_GUIDANCE_SCALE,
             help="the teacher's guidance (real score; default: the pipelines' default)",
         )
+        p.add_argument(
+            "--critic-warmup", type=int, default=0,
+            help="updates at the start in which only the critic learns (the student's rollouts), the student waits",
+        )  # fmt: skip
         p.add_argument("--ema", type=float, default=0.99)
         p.add_argument(
             "--ema-start", type=int, default=50, help="generator update from which the EMA averages"
@@ -330,8 +334,17 @@ class Distillation:
         self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
+    def warming_up(self, step: int) -> bool:
+        """Whether ``step`` is one of the critic's warm-up updates (``--critic-warmup``), in which the
+        student does not move: a critic copied from the teacher would otherwise push the first student
+        updates along the guidance direction the init already learned."""
+        return step < self.args["critic_warmup"]
+
+    NO_DMD = {"dmd": float("nan"), "dmd_grad_norm": float("nan"), "sigma": float("nan")}  # warm-up rows
+
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
+        step -= self.args["critic_warmup"]  # counted in the student's own updates
         decay = self.ema_decay if step >= self.ema_start else 0.0
         for k, v in self.accelerator.unwrap_model(self.student).state_dict().items():
             self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
