@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vidgen import DEFAULT_MODEL, VidGenPipeline
@@ -46,7 +45,8 @@ from vidgen.training.checkpoint import (
 from vidgen.training.self_forcing import (
     causal_student,
     encode_text,
-    predict_x0,
+    load_pairs,
+    regression_loss,
     teacher_trajectory,
     training_captions,
 )
@@ -105,30 +105,7 @@ def make_pairs(args, run: Path, pipe, sigmas, grid, device) -> dict:
         )
         tmp.rename(path)
         print(f"pairs shard {shard} ({time.time() - tic:.0f}s)", flush=True)
-    pairs = {"states": [], "clean": [], "captions": []}
-    for path in sorted(folder.glob("shard_*.safetensors")):
-        with safe_open(path, "pt") as f:
-            pairs["captions"] += json.loads(f.metadata()["captions"])
-            for key in ("states", "clean"):
-                pairs[key].append(f.get_tensor(key))
-    return {k: v if k == "captions" else torch.cat(v) for k, v in pairs.items()}
-
-
-def regression_loss(student, pairs, pipe, sigmas, g, batch, device) -> torch.Tensor:
-    """One teacher-forced ODE regression batch: clean frames before chunk ``[k, e)``, the chunk at level ``i``."""
-    n, S, F = len(pairs["clean"]), len(sigmas), pairs["clean"].shape[2]
-    bounds = getattr(student, "module", student).chunk_starts(F)  # the model inside a DDP wrapper
-    idx = torch.randint(0, n, (batch,), generator=g)
-    c = int(torch.randint(0, len(bounds) - 1, (1,), generator=g))
-    k, e = bounds[c], bounds[c + 1]  # the chunk's frames
-    i = int(torch.randint(0, S, (1,), generator=g))
-    clean = pairs["clean"][idx].to(device)
-    x = torch.cat([clean[:, :, :k], pairs["states"][idx, i][:, :, k:e].to(device)], dim=2)
-    t = torch.zeros(batch, e, device=device)
-    t[:, k:] = 1000 * sigmas[i]
-    text = encode_text(pipe, [pairs["captions"][j] for j in idx], device)
-    prediction = predict_x0(student, x, t, text)[:, :, k:]
-    return (prediction - clean[:, :, k:e]).square().mean()
+    return load_pairs(folder)
 
 
 def main(argv=None):

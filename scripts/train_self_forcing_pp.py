@@ -112,7 +112,8 @@ def main(argv=None):
                 x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g, 1
             )
             stats["dmd"] = loss_g.item()
-            d.update("student", loss_g)
+            loss_r, stats["regression"] = d.regression(g, args.batch)  # 0 without --regression-pairs
+            d.update("student", loss_g + loss_r)
             d.update_ema(step)
 
         # 4. Critic: flow matching on other windows of the same rollout.

@@ -150,7 +150,11 @@ def test_recipes_run_resume_and_export_a_student_the_pipeline_loads(
 
     pp = load_script("train_self_forcing_pp")
     pp.main(["--out", str(tmp_path / "pp"), "--student", str(tmp_path / "sf" / "transformer_causal"),
-             "--steps", "2", "--rollout-frames", "6", "--two-object-share", "1", *common])  # fmt: skip
+             "--steps", "2", "--rollout-frames", "6", "--two-object-share", "1",
+             "--regression-pairs", str(tmp_path / "init" / "pairs"), *common])  # fmt: skip
+    rows = [r.split(",") for r in (tmp_path / "pp" / "log.csv").read_text().splitlines()]
+    regression = [float(r[rows[0].index("regression")]) for r in rows[1:]]
+    assert len(regression) == 2 and all(0 < r < 10 for r in regression)  # the init's ODE regression, added
     causal = VidGenTransformer3DModel.from_pretrained(tmp_path / "pp" / "transformer_causal")
     pipe = VidGenAutoregressivePipeline.from_pipe(teacher_pipe, transformer=causal)
     video = pipe(PROMPT, num_frames=29, output_type="np", generator=torch.Generator().manual_seed(0)).frames

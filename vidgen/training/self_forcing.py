@@ -10,6 +10,9 @@
   starts from the student's own clean frames noised to its exit level instead of from pure noise.
 - :func:`dmd_loss` and :func:`critic_loss`: distribution matching distillation with the teacher as
   the real score (with guidance) and a trained critic as the fake score.
+- :func:`load_pairs` and :func:`regression_loss`: the init's ODE pairs and its teacher-forced regression,
+  which the DMD recipes can also add to the generator's loss (``--regression-pairs``), as the first DMD
+  paper did against mode dropping.
 
 Latents are ``(B, C, F, H, W)`` (normalised, as the pipelines' transformer sees them); timesteps are
 per latent frame in ``[0, 1000]``; given frames sit at timestep 0 and carry no loss.
@@ -17,8 +20,12 @@ per latent frame in ``[0, 1000]``; given frames sit at timestep 0 and carry no l
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from ..data import shapes
 from ..models import KVCache, VidGenTransformer3DModel
@@ -186,6 +193,42 @@ def rollout(
     return torch.cat(outputs, dim=2), cache
 
 
+def load_pairs(folder: Path) -> dict:
+    """The ODE pairs of ``train_causal_init.py`` (``folder/shard_*.safetensors``): ``states``
+    ``(N, S, C, F, H, W)`` (the teacher's ODE at the S few-step levels), ``clean`` ``(N, C, F, H, W)``
+    and the ``captions``."""
+    paths = sorted(Path(folder).glob("shard_*.safetensors"))
+    if not paths:
+        raise FileNotFoundError(f"no ODE pair shards (shard_*.safetensors) in {folder}")
+    pairs = {"states": [], "clean": [], "captions": []}
+    for path in paths:
+        with safe_open(path, "pt") as f:
+            pairs["captions"] += json.loads(f.metadata()["captions"])
+            for key in ("states", "clean"):
+                pairs[key].append(f.get_tensor(key))
+    return {k: v if k == "captions" else torch.cat(v) for k, v in pairs.items()}
+
+
+def regression_loss(
+    student, pairs: dict, pipe, sigmas, g: torch.Generator, batch: int, device
+) -> torch.Tensor:
+    """One teacher-forced ODE regression batch: clean frames before chunk ``[k, e)``, the chunk at level ``i``;
+    the MSE between the student's clean prediction of the chunk and the teacher's ODE end."""
+    n, S, F = len(pairs["clean"]), len(sigmas), pairs["clean"].shape[2]
+    bounds = getattr(student, "module", student).chunk_starts(F)  # the model inside a DDP wrapper
+    idx = torch.randint(0, n, (batch,), generator=g)
+    c = int(torch.randint(0, len(bounds) - 1, (1,), generator=g))
+    k, e = bounds[c], bounds[c + 1]  # the chunk's frames
+    i = int(torch.randint(0, S, (1,), generator=g))
+    clean = pairs["clean"][idx].to(device)
+    x = torch.cat([clean[:, :, :k], pairs["states"][idx, i][:, :, k:e].to(device)], dim=2)
+    t = torch.zeros(batch, e, device=device)
+    t[:, k:] = 1000 * sigmas[i]
+    text = encode_text(pipe, [pairs["captions"][j] for j in idx], device)
+    prediction = predict_x0(student, x, t, text)[:, :, k:]
+    return (prediction - clean[:, :, k:e]).square().mean()
+
+
 def dmd_loss(
     x_gen: torch.Tensor,
     teacher,
@@ -271,6 +314,11 @@ class Distillation:
             "--critic-warmup", type=int, default=0,
             help="updates at the start in which only the critic learns (the student's rollouts), the student waits",
         )  # fmt: skip
+        p.add_argument(
+            "--regression-pairs", default=None,
+            help="the init's ODE pair folder (<init run>/pairs): add its regression to the generator's loss",
+        )  # fmt: skip
+        p.add_argument("--regression-weight", type=float, default=1.0, help="weight of that regression term")
         p.add_argument("--ema", type=float, default=0.99)
         p.add_argument(
             "--ema-start", type=int, default=50, help="generator update from which the EMA averages"
@@ -300,6 +348,15 @@ class Distillation:
         betas = (0.0, 0.999)
         self.opt_student = torch.optim.Adam(self.student.parameters(), lr=args.lr, betas=betas)
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=args.critic_lr, betas=betas)
+        self.pairs = None
+        if args.regression_pairs is not None:
+            self.pairs = load_pairs(args.regression_pairs)
+            S, shape = len(self.sigmas), tuple(self.pairs["clean"].shape[2:])
+            if self.pairs["states"].shape[1] != S or shape != self.grid:
+                raise ValueError(
+                    f"--regression-pairs {args.regression_pairs} hold {self.pairs['states'].shape[1]} levels "
+                    f"of {shape} latents; this run needs {S} levels (--few-steps) of {self.grid}"
+                )
         self.ema = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
         self.ema_decay, self.ema_start = args.ema, args.ema_start
         self.args = vars(args)
@@ -340,7 +397,22 @@ class Distillation:
         updates along the guidance direction the init already learned."""
         return step < self.args["critic_warmup"]
 
-    NO_DMD = {"dmd": float("nan"), "dmd_grad_norm": float("nan"), "sigma": float("nan")}  # warm-up rows
+    def regression(self, g: torch.Generator, batch: int) -> tuple[torch.Tensor, float]:
+        """``--regression-weight`` times the init's ODE regression on ``batch`` pairs (``--regression-pairs``),
+        and the unweighted loss for the log; ``(0, nan)`` without pairs."""
+        if self.pairs is None:
+            return torch.zeros((), device=self.accelerator.device), float("nan")
+        loss = regression_loss(
+            self.student, self.pairs, self.pipe, self.sigmas, g, batch, self.accelerator.device
+        )
+        return self.args["regression_weight"] * loss, loss.item()
+
+    NO_DMD = {
+        "dmd": float("nan"),
+        "dmd_grad_norm": float("nan"),
+        "sigma": float("nan"),
+        "regression": float("nan"),
+    }
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
