@@ -393,8 +393,7 @@ class Distillation:
 
     def warming_up(self, step: int) -> bool:
         """Whether ``step`` is one of the critic's warm-up updates (``--critic-warmup``), in which the
-        student does not move: a critic copied from the teacher would otherwise push the first student
-        updates along the guidance direction the init already learned."""
+        student does not move and the critic, a copy of the teacher at first, learns the student's rollouts."""
         return step < self.args["critic_warmup"]
 
     def regression(self, g: torch.Generator, batch: int) -> tuple[torch.Tensor, float]:
