@@ -69,10 +69,7 @@ def main(argv=None):
         if not d.warming_up(step):
             x, text, uncond = generate(g, grad=True, exit_step=int(exits[0]))
             loss_g, stats = dmd_loss(x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g)
-            stats["dmd"] = loss_g.item()
-            loss_r, stats["regression"] = d.regression(g, args.batch)  # 0 without --regression-pairs
-            d.update("student", loss_g + loss_r)
-            d.update_ema(step)
+            stats = d.update_student(step, loss_g, stats, g)  # (+ the init's regression), EMA
 
         # 3. Critic: flow matching on fresh gradient-free rollouts.
         for r in range(args.critic_ratio):

@@ -111,10 +111,7 @@ def main(argv=None):
             loss_g, stats = dmd_loss(
                 x, d.teacher, d.critic, text, uncond, args.guidance, d.sample_sigma, g, 1
             )
-            stats["dmd"] = loss_g.item()
-            loss_r, stats["regression"] = d.regression(g, args.batch)  # 0 without --regression-pairs
-            d.update("student", loss_g + loss_r)
-            d.update_ema(step)
+            stats = d.update_student(step, loss_g, stats, g)  # (+ the init's regression), EMA
 
         # 4. Critic: flow matching on other windows of the same rollout.
         for pick in picks[1:]:

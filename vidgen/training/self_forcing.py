@@ -396,15 +396,19 @@ class Distillation:
         student does not move and the critic, a copy of the teacher at first, learns the student's rollouts."""
         return step < self.args["critic_warmup"]
 
-    def regression(self, g: torch.Generator, batch: int) -> tuple[torch.Tensor, float]:
-        """``--regression-weight`` times the init's ODE regression on ``batch`` pairs (``--regression-pairs``),
-        and the unweighted loss for the log; ``(0, nan)`` without pairs."""
-        if self.pairs is None:
-            return torch.zeros((), device=self.accelerator.device), float("nan")
-        loss = regression_loss(
-            self.student, self.pairs, self.pipe, self.sigmas, g, batch, self.accelerator.device
-        )
-        return self.args["regression_weight"] * loss, loss.item()
+    def update_student(self, step: int, loss_g: torch.Tensor, stats: dict, g: torch.Generator) -> dict:
+        """The generator's update on the DMD loss ``loss_g`` (plus ``--regression-weight`` times the init's
+        ODE regression with ``--regression-pairs``), then the EMA; returns the log's DMD columns."""
+        loss, regression = loss_g, float("nan")
+        if self.pairs is not None:
+            device = self.accelerator.device
+            r = regression_loss(
+                self.student, self.pairs, self.pipe, self.sigmas, g, self.args["batch"], device
+            )
+            loss, regression = loss_g + self.args["regression_weight"] * r, r.item()
+        self.update("student", loss)
+        self.update_ema(step)
+        return {"dmd": loss_g.item(), **stats, "regression": regression}
 
     NO_DMD = {
         "dmd": float("nan"),
