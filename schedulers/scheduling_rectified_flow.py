@@ -15,7 +15,7 @@ only what it lacks:
 ``stochastic_sampling=True`` (the embedded default model ships with it): each step predicts the clean
 sample ``x0 = x - sigma * v`` and re-noises it to the next level with fresh noise, instead of moving along
 ``v``. Pass the pipeline's ``generator`` to ``step`` to keep it reproducible. On the default model it
-raised text-to-video direction from 77 to 92 and count from 91 to 97 (seeds 1000 and 2000; README,
+raised text-to-video direction from 77 to 92 and count from 91 to 97 (seeds 1000 and 2000; docs/default-model.md,
 "Sampling"). A deterministic trajectory commits to the blurred layouts of the first steps, and an object
 can end up in two places that the clip alternates between; fresh noise at every level lets the model
 re-decide from its own clean guess.

@@ -4,7 +4,7 @@
     accelerate launch scripts/train_default.py --out runs/default  # same recipe, any device
     python scripts/train_default.py --out runs/default --export vidgen/default_model
     # continue a trained pipeline (its VAE, DiT and text encoder), as the shipped DiT's last legs were made
-    # (exact text positions; then 7 blocks, the new ones starting as the identity; README has the steps):
+    # (exact text positions; then 7 blocks, the new ones starting as the identity; docs/default-model.md has the steps):
     python scripts/train_default.py --out runs/ft --init-from PIPELINE --text-positions exact --dit-steps 2000 --lr 3e-4
     python scripts/train_default.py --out runs/deep --init-from PIPELINE --text-positions exact --dit-layers 7 --lr 4e-4
 
