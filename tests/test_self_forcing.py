@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from vidgen import VidGenAutoregressivePipeline, VidGenPipeline, VidGenTransformer3DModel
-from vidgen.testing import tiny_components
+from vidgen.testing import tiny_components, tiny_transformer
+from vidgen.training.checkpoint import average_models
 from vidgen.training.self_forcing import (
     causal_student,
     critic_loss,
@@ -239,3 +240,29 @@ def test_decoder_recipe_fine_tunes_the_pipelines_own_decoder(load_script, tmp_pa
         if name.startswith("enc_") or name.startswith("latents_"):
             torch.testing.assert_close(state[name], p)  # the latent space is the same
     assert not torch.equal(state["dec_out.conv.weight"], source.state_dict()["dec_out.conv.weight"])
+
+
+def test_average_models_writes_the_weighted_mean_and_refuses_other_architectures(load_script, tmp_path):
+    recipe = load_script("average_models")
+    a, b = tiny_transformer(seed=0), tiny_transformer(seed=1)
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    recipe.main(
+        [str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "soup"), "--weights", "0.25,0.75"]
+    )
+    soup = VidGenTransformer3DModel.from_pretrained(tmp_path / "soup")
+    pa, pb = a.state_dict(), b.state_dict()
+    assert any(not torch.equal(pa[k], pb[k]) for k in pa)
+    for name, p in soup.state_dict().items():
+        torch.testing.assert_close(p, 0.25 * pa[name] + 0.75 * pb[name])
+
+    with pytest.raises(SystemExit):  # the output is never replaced
+        recipe.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "soup")])
+    torch.testing.assert_close(
+        VidGenTransformer3DModel.from_pretrained(tmp_path / "soup").state_dict(), soup.state_dict()
+    )
+    tiny_transformer(seed=0, caption_positions=16).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="caption_positions"):
+        average_models([tmp_path / "a", tmp_path / "other"])
+    with pytest.raises(ValueError, match="weights"):
+        average_models([tmp_path / "a", tmp_path / "b"], [0.5, 0.6])

@@ -70,6 +70,41 @@ def save_model(model, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
+def average_models(folders, weights=None, model_class=None):
+    """The weighted mean of the parameters of several trained models of one architecture (a model
+    soup), as a model of that class. ``folders``: diffusers model folders (``config.json`` +
+    safetensors) with the same config; ``weights``: one per folder, summing to 1 (default: equal).
+    The mean is taken in float32; the result is float32."""
+    folders = [Path(f) for f in folders]
+    if len(folders) < 2:
+        raise ValueError(f"folders: average at least two models; got {len(folders)}")
+    weights = [1.0 / len(folders)] * len(folders) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(folders) or abs(sum(weights) - 1.0) > 1e-6:
+        raise ValueError(f"weights: one per folder ({len(folders)}), summing to 1; got {weights}")
+    configs = [_architecture(f) for f in folders]
+    for f, c in zip(folders[1:], configs[1:]):
+        if c != configs[0]:
+            keys = sorted(k for k in set(c) | set(configs[0]) if c.get(k) != configs[0].get(k))
+            raise ValueError(
+                f"folders: {f} is another architecture than {folders[0]} ({', '.join(keys)} differ)"
+            )
+    if model_class is None:
+        import vidgen
+
+        model_class = getattr(vidgen, configs[0]["_class_name"])
+    models = [model_class.from_pretrained(f, torch_dtype=torch.float32) for f in folders]
+    states = [m.state_dict() for m in models]
+    mean = {k: sum(w * s[k].float() for w, s in zip(weights, states)) for k in states[0]}
+    models[0].load_state_dict(mean)
+    return models[0]
+
+
+def _architecture(folder: Path) -> dict:
+    """A model folder's config without the keys that name where and by which version it was saved."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return {k: v for k, v in config.items() if k not in ("_name_or_path", "_diffusers_version")}
+
+
 def save_pipeline(pipe, folder: Path) -> None:
     """``save_pretrained`` of a whole pipeline through a temporary folder, without the run's paths in
     the components' configs."""
