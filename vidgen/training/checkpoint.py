@@ -94,7 +94,16 @@ def average_models(folders, weights=None, model_class=None):
         model_class = getattr(vidgen, configs[0]["_class_name"])
     models = [model_class.from_pretrained(f, torch_dtype=torch.float32) for f in folders]
     states = [m.state_dict() for m in models]
-    mean = {k: sum(w * s[k].float() for w, s in zip(weights, states)) for k in states[0]}
+    mean = {}
+    for k, first in states[0].items():
+        if first.is_floating_point():
+            mean[k] = sum(w * s[k].float() for w, s in zip(weights, states))
+        elif all(torch.equal(first, s[k]) for s in states[1:]):  # integer buffers: kept, not averaged
+            mean[k] = first
+        else:
+            raise ValueError(
+                f"folders: the models' {k} (not floating point) differ, so it cannot be averaged"
+            )
     models[0].load_state_dict(mean)
     return models[0]
 
