@@ -70,7 +70,7 @@ def save_model(model, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
-def average_models(folders, weights=None, model_class=None):
+def average_models(folders, weights=None):
     """The weighted mean of the parameters of several trained models of one architecture (a model
     soup), as a model of that class. ``folders``: diffusers model folders (``config.json`` +
     safetensors) with the same config; ``weights``: one per folder, summing to 1 (default: equal).
@@ -88,10 +88,9 @@ def average_models(folders, weights=None, model_class=None):
             raise ValueError(
                 f"folders: {f} is another architecture than {folders[0]} ({', '.join(keys)} differ)"
             )
-    if model_class is None:
-        import vidgen
+    import vidgen  # the model classes, named by the folders' configs
 
-        model_class = getattr(vidgen, configs[0]["_class_name"])
+    model_class = getattr(vidgen, configs[0]["_class_name"])
     models = [model_class.from_pretrained(f, torch_dtype=torch.float32) for f in folders]
     states = [m.state_dict() for m in models]
     mean = {}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import extract_model_from_parallel
 from safetensors import safe_open
 
 from ..data import shapes
@@ -215,7 +216,7 @@ def regression_loss(
     """One teacher-forced ODE regression batch: clean frames before chunk ``[k, e)``, the chunk at level ``i``;
     the MSE between the student's clean prediction of the chunk and the teacher's ODE end."""
     n, S, F = len(pairs["clean"]), len(sigmas), pairs["clean"].shape[2]
-    bounds = getattr(student, "module", student).chunk_starts(F)  # the model inside a DDP wrapper
+    bounds = extract_model_from_parallel(student).chunk_starts(F)  # the model inside a DDP wrapper
     idx = torch.randint(0, n, (batch,), generator=g)
     c = int(torch.randint(0, len(bounds) - 1, (1,), generator=g))
     k, e = bounds[c], bounds[c + 1]  # the chunk's frames
