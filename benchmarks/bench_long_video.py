@@ -10,8 +10,10 @@ Methods:
 - ``teacher-sliding``: the bidirectional default model generates 17 frames, then repeatedly predicts the
   next 12 from the last 5 (its VDT prediction task), the naive way to extend a short-horizon model;
 - each ``--student NAME=FOLDER``: a causal transformer rolled out by ``VidGenAutoregressivePipeline``
-  (4 steps, no guidance, the rolling cache of the training horizon), decoding with ``--streaming-vae``
-  when given (the fast decoder the embedded default ships as ``vae_streaming``).
+  (4 steps, no guidance, the rolling cache of the training horizon or ``--kv-cache-frames``), decoding
+  with ``--streaming-vae`` when given (the fast decoder the embedded default ships as ``vae_streaming``);
+  with ``--teacher-opening N`` the bidirectional model makes each video's first N frames and the student
+  extends them.
 
 Prints, for each length, a table of every window's mean scores (held-out captions, fixed seeds), the
 speed table (streaming throughput and latency to the first frames on this machine), and with
@@ -63,9 +65,19 @@ def teacher_sliding(pipe, masked, caption, num_frames, seed, steps, given=5):
     return video[:num_frames]
 
 
-def causal(pipe, caption, num_frames, seed):
+def opening_of(teacher, caption, seed, frames):
+    """The bidirectional model's first ``frames`` frames (its default steps and guidance), for a student to extend."""
     g = torch.Generator().manual_seed(seed)
-    return pipe(caption, num_frames=num_frames, generator=g, output_type="np", frame_rate=shapes.FPS).frames[0]
+    return list(teacher(caption, generator=g, output_type="np", frame_rate=shapes.FPS).frames[0][:frames])
+
+
+def causal(pipe, caption, num_frames, seed, kv_cache_frames=None, teacher=None, opening_frames=0):
+    """The student's rollout; with ``opening_frames``, ``teacher`` lays down the first frames and the
+    student extends them."""
+    video = opening_of(teacher, caption, seed, opening_frames) if opening_frames else None
+    g = torch.Generator().manual_seed(seed)
+    common = dict(num_frames=num_frames, generator=g, output_type="np", frame_rate=shapes.FPS)
+    return pipe(caption, video=video, kv_cache_frames=kv_cache_frames, **common).frames[0]
 
 
 def window_table(results: dict, length: int) -> str:
@@ -114,8 +126,11 @@ def summary_table(all_results: dict, two_objects: list[bool]) -> str:
     return "\n".join(lines)
 
 
-def speed_table(pipe, masked, students: dict, teacher_steps: int, length: int) -> str:
-    """Streaming throughput and latency to the first frames, one video each, after a warm-up."""
+def speed_table(
+    pipe, masked, students: dict, teacher_steps: int, length: int, kv_cache_frames=None, opening_frames=0
+) -> str:
+    """Streaming throughput and latency to the first frames, one video each, after a warm-up; with
+    ``opening_frames``, also each student after the teacher's opening (its time counted in both)."""
     caption = "a red circle moves right"
     lines = [
         f"| method | video | frames/s | latency to first frames (s) | threads: {torch.get_num_threads()} |",
@@ -134,8 +149,18 @@ def speed_table(pipe, masked, students: dict, teacher_steps: int, length: int) -
     lines.append(f"| teacher-sliding ({teacher_steps} steps) | {length} frames | {length / seconds:.1f} | (17 frames first) |  |")
     for name, ar in students.items():
         list(ar.stream(caption, num_frames=17))  # warm-up
-        frames_per_second, first = stream_speed(ar, caption, length)
+        frames_per_second, first = stream_speed(ar, caption, length, kv_cache_frames=kv_cache_frames)
         lines.append(f"| {name} (4 steps, streaming) | {length} frames | {frames_per_second:.1f} | {first:.3f} |  |")
+        if opening_frames:
+            tic = time.perf_counter()
+            given = opening_of(pipe, caption, 0, opening_frames)
+            opening = time.perf_counter() - tic
+            rest, first = stream_speed(ar, caption, length, video=given, kv_cache_frames=kv_cache_frames)
+            seconds = opening + length / rest
+            lines.append(
+                f"| {name} after the teacher's first {opening_frames} frames | {length} frames | "
+                f"{length / seconds:.1f} | {opening + first:.3f} |  |"
+            )
     return "\n".join(lines)
 
 
@@ -181,8 +206,21 @@ def main():
         "apart methods that one set leaves a video or two apart",
     )  # fmt: skip
     p.add_argument("--skip-teacher", action="store_true", help="students only")
+    p.add_argument(
+        "--kv-cache-frames", type=int, default=None,
+        help="latent frames the students' rolling cache keeps (default: the pipeline's, the horizon minus a chunk)",
+    )  # fmt: skip
+    p.add_argument(
+        "--teacher-opening", type=int, default=0, metavar="FRAMES",
+        help="the bidirectional model makes each student video's first FRAMES frames (whole chunks: 4k + 1, "
+        "at most its 17) and the student extends them (default 0: the student alone)",
+    )  # fmt: skip
     p.add_argument("--results", default=None, help="Markdown file to write the tables and plot into")
     args = p.parse_args()
+    if args.kv_cache_frames is not None and args.kv_cache_frames < 1:
+        p.error(f"--kv-cache-frames must be >= 1; got {args.kv_cache_frames}")
+    if args.teacher_opening and (args.teacher_opening % 4 != 1 or not 1 <= args.teacher_opening <= 17):
+        p.error(f"--teacher-opening must be 4k + 1 frames in [1, 17]; got {args.teacher_opening}")
 
     pipe = VidGenPipeline.from_pretrained(args.model)
     masked = VidGenMaskedVideoPipeline.from_pipe(pipe)
@@ -214,7 +252,9 @@ def main():
                 if ar is None:
                     video = teacher_sliding(pipe, masked, clip.caption, length, args.seed + i, args.teacher_steps)
                 else:
-                    video = causal(ar, clip.caption, length, args.seed + i)
+                    video = causal(
+                        ar, clip.caption, length, args.seed + i, args.kv_cache_frames, pipe, args.teacher_opening
+                    )
                 rows.append(score_windows(to_uint8(video), clip.caption))
             results[method] = rows
             print(f"{length} frames, {method}: {time.time() - tic:.0f}s", flush=True)
@@ -222,17 +262,24 @@ def main():
         print("\n" + window_table(results, length) + "\n", flush=True)
 
     summary = summary_table(all_results, [len(clip.objects) == 2 for clip in clips])
-    speed = speed_table(pipe, masked, students, args.teacher_steps, max(all_results))
+    speed = speed_table(
+        pipe, masked, students, args.teacher_steps, max(all_results), args.kv_cache_frames, args.teacher_opening
+    )
     print(f"generator seeds {args.seed}..{args.seed + len(clips) - 1}\n" + summary + "\n\n" + speed)
     if args.results:
         results_path = Path(args.results)
         results_path.parent.mkdir(parents=True, exist_ok=True)
         png = results_path.with_name("long_video.png")
         plot(all_results, png)
+        options = "".join(
+            f" --{flag} {value}"
+            for flag, value in (("kv-cache-frames", args.kv_cache_frames), ("teacher-opening", args.teacher_opening))
+            if value
+        )
         text = "\n\n".join(
             [
                 "## Long videos: teacher by sliding windows vs causal students",
-                f"`python benchmarks/bench_long_video.py --num {args.num} --lengths {args.lengths} ...` "
+                f"`python benchmarks/bench_long_video.py --num {args.num} --lengths {args.lengths}{options} ...` "
                 f"({len(clips)} held-out captions, seeds {args.seed}..{args.seed + len(clips) - 1}).",
                 summary,
                 f"![count, color and background brightness over time]({png.name})",

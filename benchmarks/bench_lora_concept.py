@@ -180,6 +180,11 @@ def main():
         help="the second objects' motions take these (comma-separated; alone: the world's five) in turn "
         "(default: drawn at random), so the concept word is trained beside each direction word",
     )  # fmt: skip
+    p.add_argument(
+        "--repeat-companions", type=int, default=1, metavar="N",
+        help="write each concept clip beside a second object N times into the training folder (as "
+        "musubi-tuner's num_repeats): more updates on the pairs, no new clips (default 1)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=600, help="LoRA training steps")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument(
@@ -261,6 +266,8 @@ def main():
         help="do not evaluate the model without the LoRA (a screen of a new setting whose base row is known)",
     )  # fmt: skip
     args = p.parse_args()
+    if args.repeat_companions < 1:
+        p.error(f"--repeat-companions must be >= 1; got {args.repeat_companions}")
     cycle_motions = tuple(m for m in args.cycle_motions.split(",") if m)
     if unknown := set(cycle_motions) - set(shapes.MOTIONS):
         p.error(f"--cycle-motions takes the world's motions {', '.join(shapes.MOTIONS)}; got {sorted(unknown)}")
@@ -271,15 +278,20 @@ def main():
     # 1. Data.
     data = out / "data"
     clips = training_clips(args.concept, args.clips, args.ordinary, args.companions, cycle_motions)
+    files = {}  # stem -> clip; a concept clip beside a second object once per repeat
+    for i, clip in enumerate(clips):
+        paired = i >= args.ordinary and len(clip.objects) == 2
+        for r in range(args.repeat_companions if paired else 1):
+            files[f"clip_{i:03d}" + (f"_r{r}" if r else "")] = clip
     if not data.exists():
         data.mkdir(parents=True)
-        for i, clip in enumerate(clips):
-            export_to_video(clip.frames, data / f"clip_{i:03d}.mp4", fps=shapes.FPS)
-            (data / f"clip_{i:03d}.txt").write_text(clip.caption + "\n")
-    elif [t.read_text().strip() for t in sorted(data.glob("clip_*.txt"))] != [c.caption for c in clips]:
+        for stem, clip in files.items():
+            export_to_video(clip.frames, data / f"{stem}.mp4", fps=shapes.FPS)
+            (data / f"{stem}.txt").write_text(clip.caption + "\n")
+    elif {t.stem: t.read_text().strip() for t in data.glob("clip_*.txt")} != {k: c.caption for k, c in files.items()}:
         raise SystemExit(
             f"--out {out}: {data} holds clips rendered with other options (--concept, --clips, --ordinary, "
-            "--companions, --cycle-motions); give a new --out"
+            "--companions, --cycle-motions, --repeat-companions); give a new --out"
         )
     prompts = evaluation_prompts(args.concept, args.eval_concept, {c.caption for c in clips})
 

@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -191,6 +192,38 @@ def test_cli_autoregressive_writes_a_long_video_with_the_causal_subfolder(tmp_pa
         [*cli, "--autoregressive", "--output", str(tmp_path / "y.mp4")], capture_output=True, text=True
     )
     assert result.returncode == 2 and "has no causal transformer for --autoregressive" in result.stderr
+
+
+def test_cli_opening_frames_come_from_the_bidirectional_model_and_the_student_extends_them(tmp_path):
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+
+    from vidgen import CAUSAL_SUBFOLDER
+
+    model = tmp_path / "model"
+    VidGenPipeline(**tiny_components()).save_pretrained(model)
+    tiny_components(causal_chunk_size=1)["transformer"].save_pretrained(model / CAUSAL_SUBFOLDER)
+    out = tmp_path / "frames"  # a folder of PNGs: lossless, so the opening can be compared
+    cli = [sys.executable, "-m", "vidgen.cli", "t2v", "--model", str(model), "--prompt", PROMPT, "--seed", "3"]
+    result = subprocess.run(
+        [*cli, "--autoregressive", "--frames", "21", "--opening-frames", "5", "--output", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    frames = np.stack([iio.imread(f) for f in sorted(out.glob("*.png"))]).astype(np.float32) / 255  # (21, H, W, 3)
+    assert len(frames) == 21
+    bidirectional = VidGenPipeline.from_pretrained(model)
+    first = bidirectional(PROMPT, generator=torch.Generator().manual_seed(3), output_type="np").frames[0]
+    assert np.abs(frames[:5] - first[:5]).max() <= 1 / 255 + 1e-6  # the teacher's frames, kept as given
+    assert np.abs(frames[5:9] - first[5:9]).max() > 2 / 255  # then the student's own, not the teacher's
+    for flags, message in (
+        (["--autoregressive", "--opening-frames", "4"], "--opening-frames must be k \\* 4 \\+ 1 frames"),
+        (["--opening-frames", "5"], "--opening-frames applies with --autoregressive only"),
+    ):
+        result = subprocess.run([*cli, *flags, "--output", str(tmp_path / "x.mp4")], capture_output=True, text=True)
+        assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
 
 
 def test_causal_components_pair_the_student_with_the_text_encoder_it_was_distilled_with(tmp_path):

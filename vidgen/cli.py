@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --autoregressive: latent frames the rolling cache keeps (default: the training horizon)",
     )  # fmt: skip
     t2v.add_argument(
+        "--opening-frames", type=_positive_int, default=None, metavar="FRAMES",
+        help="with --autoregressive: the folder's bidirectional model makes the first FRAMES frames (4k + 1, "
+        "at most its length; 30 steps, its guidance) and the causal model extends them: fewer objects lost "
+        "over long videos, at the cost of the first frames coming later",
+    )  # fmt: skip
+    t2v.add_argument(
         "--hierarchical", action="store_true",
         help="two stages: the model's size first, then --height x --width guided by its DiT features "
         "(needs a hierarchical_adapter/ in the model folder; the embedded default ships one)",
@@ -303,8 +309,9 @@ def _sampling_defaults(args) -> None:
         args.steps = 4 if autoregressive else 30
     if args.guidance is None and autoregressive:
         args.guidance = 1.0
-    if not autoregressive and getattr(args, "kv_cache_frames", None) is not None:
-        raise CLIError("--kv-cache-frames applies with --autoregressive only")
+    for flag in ("kv_cache_frames", "opening_frames"):
+        if not autoregressive and getattr(args, flag, None) is not None:
+            raise CLIError(f"--{flag.replace('_', '-')} applies with --autoregressive only")
     if autoregressive and (args.freeswim or args.attention == "draft"):
         raise CLIError("--autoregressive does not combine with --freeswim or --attention draft")
     hierarchical = getattr(args, "hierarchical", False)
@@ -415,6 +422,37 @@ def _t2v_pipeline(args) -> tuple[type, dict]:
     return VidGenPipeline, {}
 
 
+def _opening(args, device):
+    """``--opening-frames N``: a function ``(prompt, seed) -> the first N frames`` made by the folder's
+    bidirectional model (its default steps and guidance), for the causal model to extend; else None."""
+    import torch
+
+    from . import VidGenPipeline
+
+    n = getattr(args, "opening_frames", None)
+    if n is None:
+        return None
+    pipe = _load_pipeline(VidGenPipeline, args.model, args.dtype, device)
+    length = pipe.default_video_size[0]
+    t = pipe.vae_temporal_compression_ratio
+    if (n - 1) % t or n > length:
+        raise CLIError(
+            f"--opening-frames must be k * {t} + 1 frames, at most the bidirectional model's {length}; got {n}"
+        )
+    _set_attention(pipe, args.attention if args.attention != "draft" else "sdpa")
+    _load_lora(pipe, args)
+
+    def opening(prompt: str, seed: int) -> list:
+        video = pipe(
+            prompt=prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+            frame_rate=args.fps or pipe.default_frame_rate, generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        ).frames[0]  # (length, H, W, 3)  # fmt: skip
+        return list(video[:n])
+
+    return opening
+
+
 def _hierarchical_size(args, pipe) -> None:
     """--hierarchical generates above the model's size: twice it on each side unless given."""
     _, h, w = pipe.default_video_size
@@ -457,10 +495,13 @@ def run_prompts(args, state) -> int:
     _set_attention_kind(pipe, args)
     _load_lora(pipe, args)
     _set_sampler(pipe, args)
+    opening = _opening(args, device)
     fps = args.fps or pipe.default_frame_rate
     out.mkdir(parents=True, exist_ok=True)
     with state.split_between_processes(list(range(len(prompts)))) as mine:
         for i in mine:
+            if opening is not None:
+                extra["video"] = opening(prompts[i], args.seed + i)
             video = pipe(
                 prompt=prompts[i], negative_prompt=args.negative_prompt, height=args.height, width=args.width,
                 num_frames=args.frames, frame_rate=fps, num_inference_steps=args.steps,
@@ -587,6 +628,9 @@ def run(args: argparse.Namespace) -> int:
             )
             video = video.permute(0, 2, 3, 1).cpu().float().numpy()  # (F, H, W, 3)
         else:
+            opening = _opening(args, device) if args.command == "t2v" else None
+            if opening is not None:
+                extra["video"] = opening(args.prompt, args.seed)
             video = pipe(
                 prompt=args.prompt, height=args.height, width=args.width, output_type="np", **common, **extra
             ).frames[0]
