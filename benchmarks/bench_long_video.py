@@ -213,16 +213,17 @@ def main():
     p.add_argument(
         "--teacher-opening", type=int, default=0, metavar="FRAMES",
         help="the bidirectional model makes each student video's first FRAMES frames (whole chunks: 4k + 1, "
-        "at most its 17) and the student extends them (default 0: the student alone)",
+        "at most its length) and the student extends them (default 0: the student alone)",
     )  # fmt: skip
     p.add_argument("--results", default=None, help="Markdown file to write the tables and plot into")
     args = p.parse_args()
     if args.kv_cache_frames is not None and args.kv_cache_frames < 1:
         p.error(f"--kv-cache-frames must be >= 1; got {args.kv_cache_frames}")
-    if args.teacher_opening and (args.teacher_opening % 4 != 1 or not 1 <= args.teacher_opening <= 17):
-        p.error(f"--teacher-opening must be 4k + 1 frames in [1, 17]; got {args.teacher_opening}")
 
     pipe = VidGenPipeline.from_pretrained(args.model)
+    t, length = pipe.vae_temporal_compression_ratio, pipe.default_video_size[0]
+    if args.teacher_opening and ((args.teacher_opening - 1) % t or args.teacher_opening > length):
+        p.error(f"--teacher-opening must be k * {t} + 1 frames, at most the teacher's {length}; got {args.teacher_opening}")
     masked = VidGenMaskedVideoPipeline.from_pipe(pipe)
     students = {}
     student_vae = VidGenVideoAutoencoder.from_pretrained(args.streaming_vae) if args.streaming_vae else pipe.vae

@@ -361,7 +361,9 @@ def main():
             pipe.unload_textual_inversion()
 
     print(
-        f"\nconcept {args.concept!r}: {args.clips} clips, {args.steps} steps x batch {args.batch} of "
+        f"\nconcept {args.concept!r}: {args.clips} clips"
+        + (f" ({len(files)} files: the pairs {args.repeat_companions} times)" if args.repeat_companions > 1 else "")
+        + f", {args.steps} steps x batch {args.batch} of "
         f"{args.frames} frames, learning rate {args.lr:g}, rank "
         f"{args.rank}, {torch.get_num_threads()} CPU threads; minutes: cache (first seed only) + training"
         + (
