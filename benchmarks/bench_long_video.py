@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_streaming import stream_speed  # benchmarks/bench_streaming.py
+from bench_streaming import opening_speed, stream_speed  # benchmarks/bench_streaming.py
 from results_md import write_section  # benchmarks/results_md.py
 from transformers import T5EncoderModel
 
@@ -65,16 +65,13 @@ def teacher_sliding(pipe, masked, caption, num_frames, seed, steps, given=5):
     return video[:num_frames]
 
 
-def opening_of(teacher, caption, seed, frames):
-    """The bidirectional model's first ``frames`` frames (its default steps and guidance), for a student to extend."""
-    g = torch.Generator().manual_seed(seed)
-    return list(teacher(caption, generator=g, output_type="np", frame_rate=shapes.FPS).frames[0][:frames])
-
-
 def causal(pipe, caption, num_frames, seed, kv_cache_frames=None, teacher=None, opening_frames=0):
-    """The student's rollout; with ``opening_frames``, ``teacher`` lays down the first frames and the
-    student extends them."""
-    video = opening_of(teacher, caption, seed, opening_frames) if opening_frames else None
+    """The student's rollout; with ``opening_frames``, ``teacher`` (the bidirectional pipeline, its default
+    steps and guidance) lays down the first frames and the student extends them."""
+    video = None
+    if opening_frames:
+        g = torch.Generator().manual_seed(seed)
+        video = list(teacher(caption, generator=g, output_type="np", frame_rate=shapes.FPS).frames[0][:opening_frames])
     g = torch.Generator().manual_seed(seed)
     common = dict(num_frames=num_frames, generator=g, output_type="np", frame_rate=shapes.FPS)
     return pipe(caption, video=video, kv_cache_frames=kv_cache_frames, **common).frames[0]
@@ -152,14 +149,9 @@ def speed_table(
         frames_per_second, first = stream_speed(ar, caption, length, kv_cache_frames=kv_cache_frames)
         lines.append(f"| {name} (4 steps, streaming) | {length} frames | {frames_per_second:.1f} | {first:.3f} |  |")
         if opening_frames:
-            tic = time.perf_counter()
-            given = opening_of(pipe, caption, 0, opening_frames)
-            opening = time.perf_counter() - tic
-            rest, first = stream_speed(ar, caption, length, video=given, kv_cache_frames=kv_cache_frames)
-            seconds = opening + length / rest
+            fps, first, _ = opening_speed(ar, pipe, caption, length, opening_frames, kv_cache_frames=kv_cache_frames)
             lines.append(
-                f"| {name} after the teacher's first {opening_frames} frames | {length} frames | "
-                f"{length / seconds:.1f} | {opening + first:.3f} |  |"
+                f"| {name} after the teacher's first {opening_frames} frames | {length} frames | {fps:.1f} | {first:.3f} |  |"
             )
     return "\n".join(lines)
 
